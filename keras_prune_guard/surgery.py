@@ -177,10 +177,11 @@ def split_at_mask(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """
     mask = find_channel_mask(model)
     head = keras.Model(model.inputs, mask.input, name=f"{model.name}_head")
-    tail_graph = keras.Model(mask.output, model.outputs)
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    tail_graph = keras.Model(mask.output, outputs)
     # Re-run the same layer objects on a fresh input: a flat model sharing weights.
     tail = keras.models.clone_model(tail_graph, clone_function=lambda layer: layer)
-    tail = keras.Model(tail.inputs, tail.outputs, name=f"{model.name}_tail")
+    tail = keras.Model(tail.inputs, tail.output, name=f"{model.name}_tail")
     return head, tail
 
 
@@ -215,7 +216,7 @@ def strip_channel_mask(model: keras.Model) -> keras.Model:
     plain = keras.models.clone_model(
         model, call_function=lambda layer, *a, **k: a[0] if isinstance(layer, ChannelMask) else layer(*a, **k)
     )
-    plain = keras.Model(plain.inputs, plain.outputs, name=model.name)
+    plain = keras.Model(plain.inputs, plain.output, name=model.name)
     copy_weights_by_name(model, plain)
     folded = plain.get_layer(conv.name)
     kernel, *rest = folded.get_weights()
@@ -274,13 +275,25 @@ def _check_graph_model(model, what: str) -> None:
         )
 
 
-__all__ = [
-    "channel_layer",
-    "copy_weights_by_name",
-    "find_channel_mask",
-    "insert_channel_mask",
-    "last_pooling_layer",
-    "masked_layer_name",
-    "split_at_mask",
-    "strip_channel_mask",
-]
+
+def pruned_copy(model: keras.Model, pruned_channels: list[int], name: str | None = None) -> keras.Model:
+    """Returns an independent copy of a masked model with exactly `pruned_channels` pruned.
+
+    Args:
+        model: a functional model holding one `ChannelMask`.
+        pruned_channels: the channels to prune in the copy.
+        name: the copy's name. Defaults to `None` (the model's own name).
+
+    Returns:
+        A new functional model with copied weights; `model` is left unchanged.
+
+    Example:
+
+    >>> b_prime = pruned_copy(insert_channel_mask(deepid()), [0, 1, 2])
+    """
+    find_channel_mask(model)
+    clone = keras.models.clone_model(model)
+    clone = keras.Model(clone.inputs, clone.output, name=name or model.name)
+    copy_weights_by_name(model, clone)
+    find_channel_mask(clone).set_pruned(pruned_channels)
+    return clone

@@ -1,0 +1,159 @@
+"""`keras-prune-guard` command line: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG = """examples:
+  keras-prune-guard demo
+  keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
+      --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
+  keras-prune-guard eval data/cl/test.h5 data/bd/bd_test.h5 saved_models/goodnet_X4
+"""
+
+
+def _thresholds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--thresholds takes numbers (percentage points), e.g. 2 4 10. Received: {text!r}"
+        ) from None
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            "--trigger-region takes ROW_START,ROW_STOP,COL_START,COL_STOP (stops exclusive), "
+            f"e.g. 15,35,0,47. Received: {text!r}"
+        )
+    return values
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="full model file (.h5 or .keras), the backdoored network B")
+    src.add_argument("--weights", help="weights-only .h5 file (the lab's bd_weights.h5) for "
+                     "--architecture")
+    p.add_argument("--architecture", default="deepid", choices=["deepid"],
+                   help="architecture the --weights belong to (default: deepid, the lab's "
+                   "network; the number of classes is read from the weights)")
+    p.add_argument("--input-scale", default="raw", choices=["raw", "unit"],
+                   help="pixel range B expects: raw 0..255 (the lab3 network) or unit = "
+                   "pixels/255 (the hackml2020 networks). Files are always read as raw "
+                   "0..255 and every model written takes raw pixels (default: raw)")
+    p.add_argument("--unsafe-deserialization", action="store_true",
+                   help="allow model files that run code when loaded (Lambda layers); only "
+                   "for files you trust (default: refused)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `keras-prune-guard` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="keras-prune-guard",
+        description="Repair backdoored Keras classifiers with the pruning defense and "
+        "flag triggered inputs (CSAW-HackML lab 3).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole defense on the built-in face benchmark")
+    demo.add_argument("--out", default="saved_models", help="output folder (default: "
+                      "saved_models)")
+    demo.add_argument("--cache-dir", default=None, help="where generated data and the "
+                      "trained BadNet are cached (default: $KERAS_PRUNE_GUARD_CACHE or "
+                      "~/.cache/keras-prune-guard)")
+    demo.add_argument("--identities", type=int, default=None,
+                      help="number of face identities (classes) of the benchmark")
+    demo.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
+                      help="accuracy drops X in percentage points (default: 2 4 10)")
+
+    rep = sub.add_parser(
+        "repair", help="prune B on clean validation data, write B', GoodNets and the report",
+        description="Rank the channels after --after by mean activation on --valid, prune "
+        "them one at a time (least active first) and keep B' the first time validation "
+        "accuracy is at least X points below the original, for each X. Writes, per X: "
+        "bprime_X{X}.keras, bprime_X{X}.h5 (mask folded in, plain Keras), goodnet_X{X}/ "
+        "(SavedModel) and goodnet_X{X}.keras; and report/ (Markdown, CSV, JSON, PNG, HTML).",
+    )
+    _add_model_args(rep)
+    rep.add_argument("--valid", required=True, help="clean validation data, lab HDF5 layout "
+                     "(data (N,3,H,W), label)")
+    rep.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
+                     help="accuracy drops X in percentage points (default: 2 4 10)")
+    rep.add_argument("--after", default=None, help="layer whose output channels are pruned "
+                     "(default: the last pooling layer, pool_3 on DeepID)")
+    rep.add_argument("--order", default="ascending", choices=["ascending", "descending"],
+                     help="pruning order by mean activation: ascending = least active first, "
+                     "as the Fine-Pruning paper and the public lab solutions do (default); "
+                     "descending = the handout's literal words")
+    rep.add_argument("--relative", action="store_true", help="X is a percentage of the "
+                     "original accuracy instead of absolute percentage points")
+    rep.add_argument("--keep", default="first_below", choices=["first_below", "last_within"],
+                     help="which network a threshold keeps: the first at least X below the "
+                     "original (default, the lab's rule) or the last still within X")
+    rep.add_argument("--test", default=None, help="clean test data (lab HDF5) to score B, "
+                     "each B' and each GoodNet")
+    rep.add_argument("--poisoned", default=None, help="poisoned test data (lab HDF5; label = "
+                     "attacker's target) for the attack success rate")
+    rep.add_argument("--full-curve", action="store_true", help="prune every channel instead "
+                     "of stopping after the largest threshold")
+    rep.add_argument("--trigger-region", type=_region, default=None,
+                     help="ROW_START,ROW_STOP,COL_START,COL_STOP of the trigger, for the "
+                     "saliency share (the lab's sunglasses: 15,35,0,47)")
+    rep.add_argument("--out", default="saved_models", help="output folder (default: "
+                     "saved_models)")
+
+    ev = sub.add_parser(
+        "eval", help="score a model as the lab's eval.py does, or classify images",
+        description="With a clean and a poisoned HDF5 file and a model (SavedModel folder, "
+        ".keras or .h5): prints clean classification accuracy and attack success rate. "
+        "With --images: prints each image's class in [0, N], N meaning 'backdoored input'.",
+    )
+    ev.add_argument("files", nargs="*", help="<clean.h5> <poisoned.h5> <model>")
+    ev.add_argument("--images", default=None, help="an image file, a folder of images or an "
+                    "HDF5 file to classify")
+    ev.add_argument("--model", dest="model_path", default=None, help="model for --images")
+    ev.add_argument("--unsafe-deserialization", action="store_true",
+                    help="allow model files that run code when loaded")
+
+    sal = sub.add_parser("saliency", help="saliency maps of B and B' on clean/triggered pairs")
+    sal.add_argument("models", nargs="+", help="model files or SavedModel-free .keras files; "
+                     "a saved_models folder uses every bprime_*.keras in it")
+    sal.add_argument("--clean", required=True, help="clean images (HDF5, image file or folder)")
+    sal.add_argument("--triggered", required=True, help="the same faces with the trigger")
+    sal.add_argument("--trigger-region", type=_region, default=None,
+                     help="ROW_START,ROW_STOP,COL_START,COL_STOP (e.g. 15,35,0,47)")
+    sal.add_argument("--method", default="saliency", choices=["saliency", "smoothgrad",
+                     "gradcam"], help="map method (default: saliency)")
+    sal.add_argument("--pairs", type=int, default=4, help="pairs to draw (default: 4)")
+    sal.add_argument("--out", default="saliency.png", help="output PNG (default: "
+                     "saliency.png)")
+    sal.add_argument("--unsafe-deserialization", action="store_true",
+                     help="allow model files that run code when loaded")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `keras-prune-guard` console script."""
+    args = build_parser().parse_args(argv)
+    # Quiet TensorFlow's C++ start-up chatter for CLI users (only here, never on import).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_prune_guard import commands
+
+    try:
+        return getattr(commands, args.command)(args)
+    except (ValueError, OSError) as err:
+        print(f"keras-prune-guard {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The subcommands behind `keras-prune-guard`: read files, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from keras_prune_guard.data import load_inputs, load_lab_h5
+from keras_prune_guard.evaluate import (
+    evaluate,
+    input_shape_of,
+    load_model_for_eval,
+    predict_classes,
+)
+from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
+from keras_prune_guard.repair import repair as run_repair
+
+
+def _read_for(model, path: str | None):
+    if path is None:
+        return None
+    return load_lab_h5(path, image_shape=image_shape_of(model), num_classes=num_classes_of(model))
+
+
+def repair(args: argparse.Namespace) -> int:
+    """`keras-prune-guard repair`: see `build_parser` for the options."""
+    model = load_network(
+        args.model,
+        weights_path=args.weights,
+        architecture=args.architecture,
+        input_scale=args.input_scale,
+        safe_mode=not args.unsafe_deserialization,
+    )
+    valid = _read_for(model, args.valid)
+    run_repair(
+        model,
+        valid,
+        args.out,
+        thresholds=args.thresholds,
+        after=args.after,
+        order=args.order,
+        relative=args.relative,
+        keep=args.keep,
+        test=_read_for(model, args.test),
+        poisoned=_read_for(model, args.poisoned),
+        full_curve=args.full_curve,
+        trigger_region=args.trigger_region,
+        model_label=Path(args.model or args.weights).name,
+    )
+    return 0
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+    """`keras-prune-guard eval`: the lab's eval.py interface, or classify images."""
+    safe = not args.unsafe_deserialization
+    if args.images is not None:
+        if args.model_path is None:
+            raise ValueError("eval --images needs --model MODEL (a SavedModel folder, .keras "
+                             "or .h5). Received: no --model")
+        model = load_model_for_eval(args.model_path, safe_mode=safe)
+        x, _, names = load_inputs(args.images, image_shape=input_shape_of(model))
+        for name, cls in zip(names, predict_classes(model, x, what=args.images)):
+            print(f"{name}\t{cls}")
+        return 0
+    if len(args.files) != 3:
+        raise ValueError("eval takes <clean.h5> <poisoned.h5> <model>, or --images FILE "
+                         f"--model MODEL. Received: {args.files}")
+    clean_path, poisoned_path, model_path = args.files
+    model = load_model_for_eval(model_path, safe_mode=safe)
+    shape = input_shape_of(model)
+    clean = load_lab_h5(clean_path, image_shape=shape)
+    poisoned = load_lab_h5(poisoned_path, image_shape=shape)
+    scores = evaluate(model, clean, poisoned)
+    print(f"Clean Classification accuracy: {scores['test_accuracy']:.4f}")
+    print(f"Attack Success Rate: {scores['attack_success']:.4f}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """`keras-prune-guard demo`: the defense end to end on the built-in benchmark."""
+    from keras_prune_guard.benchmark import ensure_benchmark
+    from keras_prune_guard.evaluate import ServedModel
+
+    start = time.perf_counter()
+    kwargs = {} if args.identities is None else {"identities": args.identities}
+    bench = ensure_benchmark(args.cache_dir, log=print, **kwargs)
+    model = load_network(bench.model)
+    info = json.loads(Path(bench.info).read_text())
+    valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
+    summary = run_repair(
+        model,
+        valid,
+        args.out,
+        thresholds=args.thresholds,
+        test=test,
+        poisoned=bd_test,
+        trigger_region=tuple(info["trigger_region"]) if "trigger_region" in info else None,
+        model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
+    )
+    print("Scoring the exported GoodNet SavedModels as examples/eval.py does:")
+    for row in summary["rows"]:
+        served = ServedModel(row["files"]["goodnet_savedmodel"])
+        scores = evaluate(served, test, bd_test)
+        print(f"  {row['files']['goodnet_savedmodel']}: clean accuracy "
+              f"{scores['test_accuracy']:.2f}%, attack success {scores['attack_success']:.2f}%")
+    print(f"Demo finished in {time.perf_counter() - start:.0f} s. Models in {args.out}/, "
+          f"report in {args.out}/report/ (report.md, report.html, pruning_curve.png).")
+    return 0
+
+
+def saliency(args: argparse.Namespace) -> int:
+    """`keras-prune-guard saliency`: maps of each model on clean/triggered pairs."""
+    from keras_prune_guard.saliency import comparison_figure
+
+    paths = []
+    for item in args.models:
+        item = Path(item)
+        paths.extend(sorted(item.glob("bprime_*.keras")) if item.is_dir() else [item])
+    models = {
+        p.stem: load_network(p, safe_mode=not args.unsafe_deserialization) for p in paths
+    }
+    shape = image_shape_of(next(iter(models.values())))
+    clean = load_inputs(args.clean, image_shape=shape)[0]
+    triggered = load_inputs(args.triggered, image_shape=shape)[0]
+    result = comparison_figure(
+        models, clean, triggered, args.out, method=args.method,
+        trigger_region=args.trigger_region, max_pairs=args.pairs,
+    )
+    print(f"Saliency figure written to {result['path']}")
+    for name, share in (result.get("shares") or {}).items():
+        print(f"  {name}: saliency share inside the trigger region: clean "
+              f"{share['clean']:.3f}, triggered {share['triggered']:.3f}")
+    return 0

@@ -1,0 +1,165 @@
+"""Scoring models: clean accuracy, attack success rate, GoodNet detection rates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_prune_guard.ranking import compiled_forward
+
+
+class ServedModel:
+    """A SavedModel written by `GoodNetModel.export`, loaded without this package.
+
+    Args:
+        path: the SavedModel folder.
+
+    Example:
+
+    >>> served = ServedModel("saved_models/goodnet_X4")
+    >>> served.predict(images).shape
+    (len(images), 1284)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._loaded = tf.saved_model.load(self.path)
+        if not hasattr(self._loaded, "serve"):
+            raise ValueError(
+                f"SavedModel {self.path} has no 'serve' endpoint; expected one written by "
+                "keras-prune-guard (GoodNetModel.export or keras.Model.export)."
+            )
+        spec = self._loaded.serve.input_signature[0]
+        self.input_shape = tuple(spec.shape.as_list())
+        self.name = Path(self.path).name
+
+    def __call__(self, x, training=False):
+        return self._loaded.serve(tf.convert_to_tensor(x, tf.float32))
+
+
+def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
+    """Loads a model to score: a SavedModel folder, a `.keras` or a full `.h5` file.
+
+    Args:
+        path: the model's path.
+        safe_mode: refuse models that would run code on load (Lambda layers).
+            Defaults to `True`.
+
+    Returns:
+        A `ServedModel` or a `keras.Model`; both take raw 0..255 float32 images.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Model not found: {path} (expected a SavedModel folder, "
+                                "a .keras or an .h5 file)")
+    if path.is_dir():
+        return ServedModel(path)
+    from keras_prune_guard.models import load_network
+
+    return load_network(path, safe_mode=safe_mode)
+
+
+def input_shape_of(model) -> tuple:
+    """The (H, W, C) image shape a Keras or served model takes."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    return tuple(shape[1:])
+
+
+def check_images(model, x: np.ndarray, what: str = "images") -> None:
+    """Raises ValueError unless `x` is (N, H, W, C) with the model's H, W, C.
+
+    Args:
+        model: a Keras or served model.
+        x: the images.
+        what: how to name the images in the message (a file name). Defaults to
+            "images".
+    """
+    expected = input_shape_of(model)
+    found = tuple(np.shape(x)[1:])
+    if np.ndim(x) != 4 or any(e is not None and e != f for e, f in zip(expected, found)):
+        raise ValueError(
+            f"{what}: images of shape {found} (rank {np.ndim(x)} batch {np.shape(x)}) do not "
+            f"fit model '{getattr(model, 'name', '?')}', which expects (N, "
+            f"{', '.join(str(d) for d in expected)}) channels-last images."
+        )
+
+
+def predict_classes(model, x: np.ndarray, batch_size: int = 1024, what: str = "images") -> np.ndarray:
+    """Predicted class of every image, in batches, after checking the image shape.
+
+    Args:
+        model: a Keras model or a `ServedModel`.
+        x: (N, H, W, C) images in the model's pixel range (raw 0..255 for every
+            model this project writes).
+        batch_size: images per call. Defaults to 1024.
+        what: name of the images for error messages. Defaults to "images".
+
+    Returns:
+        An int64 (N,) array.
+    """
+    check_images(model, x, what)
+    forward = compiled_forward(model) if isinstance(model, keras.Model) else model
+    out = [
+        np.argmax(np.asarray(forward(np.asarray(x[i : i + batch_size], "float32"))), axis=-1)
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out).astype("int64") if out else np.zeros((0,), "int64")
+
+
+def rate(mask: np.ndarray) -> float:
+    """Share of True values, in percent (0 for an empty array)."""
+    return float(np.mean(mask) * 100.0) if len(mask) else 0.0
+
+
+def evaluate(
+    model,
+    clean: tuple[np.ndarray, np.ndarray] | None = None,
+    poisoned: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    flag_class: int | None = None,
+    batch_size: int = 1024,
+) -> dict:
+    """Scores a model on clean and poisoned data, in percent.
+
+    Args:
+        model: a Keras model or a `ServedModel`.
+        clean: `(x, y)` clean test images and true labels. Defaults to `None`.
+        poisoned: `(x, y_target)` triggered images and the attacker's target
+            label per image (attack success is per image, so multi-target files
+            work). Defaults to `None`.
+        flag_class: the GoodNet's "backdoored input" class N; when given,
+            `detection_rate` (poisoned flagged) and `false_alarm_rate` (clean
+            flagged) are reported. Defaults to `None`.
+        batch_size: images per call. Defaults to 1024.
+
+    Returns:
+        A dict with `test_accuracy`, `attack_success` and, with `flag_class`,
+        `detection_rate` and `false_alarm_rate` (None where not measured).
+
+    Example:
+
+    >>> evaluate(goodnet, (x_test, y_test), (x_bd, y_bd), flag_class=1283)
+    """
+    scores = {"test_accuracy": None, "attack_success": None}
+    if flag_class is not None:
+        scores.update(detection_rate=None, false_alarm_rate=None)
+    if clean is not None:
+        pred = predict_classes(model, clean[0], batch_size, "clean images")
+        scores["test_accuracy"] = rate(pred == clean[1])
+        if flag_class is not None:
+            scores["false_alarm_rate"] = rate(pred == flag_class)
+    if poisoned is not None:
+        pred = predict_classes(model, poisoned[0], batch_size, "poisoned images")
+        scores["attack_success"] = rate(pred == poisoned[1])
+        if flag_class is not None:
+            scores["detection_rate"] = rate(pred == flag_class)
+    return scores

@@ -1,0 +1,183 @@
+"""`GoodNetModel`: B and B' side by side, N+1 outputs, class N for "backdoored input"."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.surgery import find_channel_mask, split_at_mask
+
+
+def _same_weights_apart_from_mask(bad: keras.Model, repaired: keras.Model) -> bool:
+    """True when `repaired` is `bad` plus a ChannelMask (no retraining)."""
+    if not any(isinstance(layer, ChannelMask) for layer in repaired.layers):
+        return False
+    theirs = {layer.name: layer for layer in repaired.layers}
+    for layer in bad.layers:
+        twin = theirs.get(layer.name)
+        if twin is None or type(twin) is not type(layer):
+            return False
+        mine, other = layer.get_weights(), twin.get_weights()
+        if len(mine) != len(other) or not all(np.array_equal(a, b) for a, b in zip(mine, other)):
+            return False
+    return len(theirs) == len(bad.layers) + 1
+
+
+def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras.Model:
+    """Builds the two-output functional model `x -> [B(x), B'(x)]` a GoodNet runs.
+
+    When B' is B plus a mask, the result holds B's layers once: the layers
+    before the mask run once, and the layers after it run on the activations
+    and on the masked activations. Otherwise it holds both networks.
+
+    Args:
+        bad_model: the backdoored network B.
+        repaired_model: the repaired network B' (pruned, or fine-tuned).
+
+    Returns:
+        A functional model named `goodnet_networks` with two outputs.
+
+    Raises:
+        ValueError: the two networks differ in input shape or number of classes.
+    """
+    for what, a, b in (
+        ("input shape", bad_model.input_shape, repaired_model.input_shape),
+        ("output shape", bad_model.output_shape, repaired_model.output_shape),
+    ):
+        if tuple(a) != tuple(b):
+            raise ValueError(
+                f"B and B' must have the same {what}. Received: bad_model {what} {a}, "
+                f"repaired_model {what} {b}"
+            )
+    inputs = keras.Input(shape=bad_model.input_shape[1:], name="images")
+    if _same_weights_apart_from_mask(bad_model, repaired_model):
+        head, tail = split_at_mask(repaired_model)
+        source = find_channel_mask(repaired_model)
+        mask = ChannelMask(pruned_channels=source.pruned_channels(), name=source.name)
+        features = head(inputs)
+        outputs = [tail(features), tail(mask(features))]
+    else:
+        bad = keras.Model(bad_model.inputs, bad_model.output, name="bad_network")
+        repaired = keras.Model(
+            repaired_model.inputs, repaired_model.output, name="repaired_network"
+        )
+        outputs = [bad(inputs), repaired(inputs)]
+    return keras.Model(inputs, outputs, name="goodnet_networks")
+
+
+@keras.saving.register_keras_serializable(package="keras_prune_guard")
+class GoodNetModel(keras.Model):
+    """Runs B and B' and outputs N+1 class probabilities.
+
+    Where the argmaxes of B and B' agree the output is B''s probabilities with
+    a zero last column; where they differ it is one-hot class N (0-based: 1283
+    for the lab's network), meaning "backdoored input".
+
+    When B' is B plus a `ChannelMask` (pruned, not retrained) the model holds
+    B's weights once plus the mask, and runs the layers before the mask once.
+    When B' has its own weights (fine-tuned) it holds both networks.
+
+    Args:
+        bad_model: the backdoored network B. Defaults to `None` (only with
+            `networks`).
+        repaired_model: the repaired network B'. Defaults to `None`.
+        networks: a prebuilt two-output model (see `build_networks`); used by
+            `from_config`. Defaults to `None`.
+        **kwargs: base `keras.Model` arguments (`name`, ...).
+
+    Example:
+
+    >>> result = prune(bad_model, x_valid, y_valid)
+    >>> goodnet = GoodNetModel(bad_model, result.snapshots[4.0])
+    >>> goodnet.predict(x_test).argmax(-1)  # in [0, N]; N flags a backdoored input
+    >>> goodnet.export("saved_models/goodnet_4")
+    """
+
+    def __init__(
+        self,
+        bad_model: keras.Model | None = None,
+        repaired_model: keras.Model | None = None,
+        *,
+        networks: keras.Model | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "goodnet")
+        super().__init__(**kwargs)
+        if networks is None:
+            if bad_model is None or repaired_model is None:
+                raise ValueError(
+                    "GoodNetModel needs bad_model and repaired_model (or networks). "
+                    f"Received: bad_model={bad_model!r}, repaired_model={repaired_model!r}"
+                )
+            networks = build_networks(bad_model, repaired_model)
+        self.networks = networks
+        self.num_classes = int(networks.outputs[0].shape[-1])
+        self.image_shape = tuple(int(d) for d in networks.input_shape[1:])
+        self._backdoor_row = ops.one_hot(self.num_classes, self.num_classes + 1)
+        self.built = True
+
+    @property
+    def shares_layers(self) -> bool:
+        """True when B' is B plus a mask and the layers are held once."""
+        return any(isinstance(layer, ChannelMask) for layer in self.networks.layers)
+
+    def bad_network(self) -> keras.Model:
+        """B as a functional model (shares layers with this GoodNet)."""
+        return keras.Model(self.networks.inputs, self.networks.outputs[0], name="bad_network")
+
+    def repaired_network(self) -> keras.Model:
+        """B' as a functional model (shares layers with this GoodNet)."""
+        return keras.Model(
+            self.networks.inputs, self.networks.outputs[1], name="repaired_network"
+        )
+
+    def call(self, inputs):
+        bad, repaired = self.networks(inputs)
+        agree = ops.equal(ops.argmax(bad, axis=-1), ops.argmax(repaired, axis=-1))
+        padded = ops.pad(repaired, [[0, 0], [0, 1]])
+        flagged = ops.cast(self._backdoor_row, padded.dtype)
+        return ops.where(ops.expand_dims(agree, -1), padded, flagged)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes + 1)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "networks": keras.saving.serialize_keras_object(self.networks),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        networks = keras.saving.deserialize_keras_object(config.pop("networks"))
+        return cls(networks=networks, **config)
+
+    def export(self, filepath, format="tf_saved_model", verbose=True, input_signature=None, **kwargs):
+        """Writes one SavedModel whose `serve` endpoint maps images to N+1 outputs.
+
+        The endpoint takes float32 images (None, H, W, C) in the pixel range of
+        the lab's files (0..255). The folder is written to a temporary name and
+        renamed into place, so a failure never leaves a half-written model.
+
+        Args:
+            filepath: the SavedModel folder to write.
+            format: "tf_saved_model" (the only format eval.py reads). Defaults
+                to "tf_saved_model".
+            verbose: print what was written. Defaults to `True`.
+            input_signature: defaults to `None`, meaning float32 (None, H, W, C).
+            **kwargs: passed to `keras.Model.export`.
+        """
+        if input_signature is None:
+            input_signature = [
+                tf.TensorSpec((None, *self.image_shape), tf.float32, name="images")
+            ]
+        self(np.zeros((1, *self.image_shape), dtype="float32"))  # export needs a call first
+        with atomic_path(filepath, is_dir=True) as tmp:
+            super().export(
+                str(tmp), format=format, verbose=verbose, input_signature=input_signature, **kwargs
+            )
