@@ -59,7 +59,7 @@ class PruningCallback(keras.callbacks.Callback):
     Example:
 
     >>> model = insert_channel_mask(bad_model)
-    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     >>> pruning = PruningCallback(x_val, y_val, thresholds=[2, 4, 10])
     >>> model.fit(x_train, y_train, epochs=2, callbacks=[pruning])
     >>> pruning.snapshots[4.0]  # B' for X = 4, pruned only

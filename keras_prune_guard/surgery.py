@@ -124,6 +124,8 @@ def insert_channel_mask(
             f"Model '{model.name}' already has a ChannelMask "
             f"('{find_channel_mask(model).name}'); prune that one instead."
         )
+    if isinstance(model, keras.Sequential):  # call_function needs a functional graph
+        model = _as_functional(model)
     target = channel_layer(model, after)
     mask = ChannelMask(pruned_channels=pruned_channels, name=f"{target.name}_mask")
 
@@ -134,6 +136,14 @@ def insert_channel_mask(
     clone = keras.models.clone_model(model, call_function=call_function)
     copy_weights_by_name(model, clone)
     return clone
+
+
+def _as_functional(model: keras.Sequential) -> keras.Model:
+    """The same layers (shared, not copied) wired as a functional model."""
+    x = inputs = keras.Input(shape=model.input_shape[1:], name=f"{model.name}_input")
+    for layer in model.layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
 
 
 def find_channel_mask(model: keras.Model) -> ChannelMask:

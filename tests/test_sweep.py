@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from keras_prune_guard import find_channel_mask, insert_channel_mask
+from keras_prune_guard.sweep import check_thresholds, sweep
+
+
+@pytest.fixture()
+def masked(lab3_model):
+    return insert_channel_mask(lab3_model)
+
+
+def test_every_step_matches_the_naive_sweep(masked, real_clean, real_sunglasses):
+    x, y = real_clean
+    result = sweep(masked, (x, y), poisoned=real_sunglasses, full_curve=True,
+                   record_predictions=True, batch_size=50)
+    assert result.predictions.shape == (61, len(x))
+    mask = find_channel_mask(masked)
+    for step in range(61):
+        mask.set_pruned(result.order[:step])
+        naive = masked.predict(x, verbose=0, batch_size=128).argmax(-1)
+        np.testing.assert_array_equal(result.predictions[step], naive, err_msg=f"step {step}")
+        accuracy = np.mean(naive == y) * 100
+        assert result.curve[step]["valid_accuracy"] == pytest.approx(accuracy)
+    # The sweep itself never changes the model's mask.
+    mask.restore()
+    assert result.curve[0]["attack_success"] == 100.0
+    assert result.curve[-1]["channels_pruned"] == 60
+
+
+def test_snapshots_follow_the_first_below_rule(masked, real_clean):
+    result = sweep(masked, real_clean, thresholds=[10, 2, 4])
+    base = result.baseline_accuracy
+    assert base == pytest.approx(119 / 120 * 100)
+    assert list(result.snapshots) == [2.0, 4.0, 10.0]
+    for t, snap in result.snapshots.items():
+        k = snap.channels_pruned
+        assert snap.reached
+        assert result.curve[k]["valid_accuracy"] <= base - t
+        assert all(p["valid_accuracy"] > base - t for p in result.curve[:k])
+        assert snap.pruned_channels == result.order[:k]
+    # It stops at the largest threshold unless asked for the whole curve.
+    assert len(result.curve) == result.snapshots[10.0].channels_pruned + 1
+    assert [s.channels_pruned for s in result.snapshots.values()] == [43, 45, 48]
+
+
+def test_last_within_keeps_the_step_before(masked, real_clean):
+    first = sweep(masked, real_clean, thresholds=[4])
+    last = sweep(masked, real_clean, thresholds=[4], keep="last_within")
+    assert last.snapshots[4.0].channels_pruned == first.snapshots[4.0].channels_pruned - 1
+    assert last.snapshots[4.0].valid_accuracy > first.baseline_accuracy - 4
+
+
+def test_relative_thresholds(masked, real_clean):
+    result = sweep(masked, real_clean, thresholds=[50], relative=True)
+    snap = result.snapshots[50.0]
+    assert snap.valid_accuracy <= result.baseline_accuracy * 0.5
+    assert result.curve[snap.channels_pruned - 1]["valid_accuracy"] > result.baseline_accuracy / 2
+
+
+def test_descending_order_prunes_the_busiest_channel_first(masked, real_clean):
+    result = sweep(masked, real_clean, order="descending", thresholds=[2])
+    assert result.order[0] == int(np.argmax(result.means))
+    assert result.snapshots[2.0].channels_pruned < 10
+
+
+def test_unreachable_threshold_is_a_warning(masked, real_clean):
+    result = sweep(masked, real_clean, thresholds=[99.5])
+    snap = result.snapshots[99.5]
+    assert not snap.reached and snap.channels_pruned == 60
+    assert any("never fell 99.5" in w for w in result.warnings)
+    assert any("below 0%" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["two"], "must be numbers"),
+        ([0], "> 0 and < 100"),
+        ([100], "> 0 and < 100"),
+        ([-2], "> 0 and < 100"),
+        ([float("nan")], "> 0 and < 100"),
+        ([2, 2.0], "must not repeat"),
+        ([], "at least one"),
+    ],
+)
+def test_bad_thresholds(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_thresholds(bad)
+
+
+def test_model_without_mask_is_refused(lab3_model, real_clean):
+    with pytest.raises(ValueError, match="exactly one ChannelMask"):
+        sweep(lab3_model, real_clean)
