@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import keras
 
 from keras_prune_guard.atomic import atomic_path
-from keras_prune_guard.ranking import ORDERS
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.ranking import ORDERS
 from keras_prune_guard.surgery import find_channel_mask, insert_channel_mask, pruned_copy
 from keras_prune_guard.sweep import (
     DEFAULT_THRESHOLDS,

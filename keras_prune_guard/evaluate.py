@@ -93,7 +93,9 @@ def check_images(model, x: np.ndarray, what: str = "images") -> None:
         )
 
 
-def predict_classes(model, x: np.ndarray, batch_size: int = 1024, what: str = "images") -> np.ndarray:
+def predict_classes(
+    model, x: np.ndarray, batch_size: int = 1024, what: str = "images"
+) -> np.ndarray:
     """Predicted class of every image, in batches, after checking the image shape.
 
     Args:

@@ -157,7 +157,9 @@ class GoodNetModel(keras.Model):
         networks = keras.saving.deserialize_keras_object(config.pop("networks"))
         return cls(networks=networks, **config)
 
-    def export(self, filepath, format="tf_saved_model", verbose=True, input_signature=None, **kwargs):
+    def export(
+        self, filepath, format="tf_saved_model", verbose=True, input_signature=None, **kwargs
+    ):
         """Writes one SavedModel whose `serve` endpoint maps images to N+1 outputs.
 
         The endpoint takes float32 images (None, H, W, C) in the pixel range of

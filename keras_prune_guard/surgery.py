@@ -224,7 +224,10 @@ def strip_channel_mask(model: keras.Model) -> keras.Model:
     pruned = mask.pruned_channels()
     conv = _conv_feeding(model, mask)
     plain = keras.models.clone_model(
-        model, call_function=lambda layer, *a, **k: a[0] if isinstance(layer, ChannelMask) else layer(*a, **k)
+        model,
+        call_function=lambda layer, *a, **k: (
+            a[0] if isinstance(layer, ChannelMask) else layer(*a, **k)
+        ),
     )
     plain = keras.Model(plain.inputs, plain.output, name=model.name)
     copy_weights_by_name(model, plain)
@@ -286,7 +289,9 @@ def _check_graph_model(model, what: str) -> None:
 
 
 
-def pruned_copy(model: keras.Model, pruned_channels: list[int], name: str | None = None) -> keras.Model:
+def pruned_copy(
+    model: keras.Model, pruned_channels: list[int], name: str | None = None
+) -> keras.Model:
     """Returns an independent copy of a masked model with exactly `pruned_channels` pruned.
 
     Args:

@@ -10,8 +10,8 @@ running the whole masked model at every step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import keras
 import numpy as np

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tests only; the package never writes os.environ
+# Tests only: the package itself never writes os.environ.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402

@@ -8,7 +8,9 @@ from keras_prune_guard import PruningCallback, find_channel_mask, insert_channel
 @pytest.fixture()
 def compiled(lab3_model):
     model = insert_channel_mask(lab3_model)
-    model.compile(keras.optimizers.SGD(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.SGD(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
