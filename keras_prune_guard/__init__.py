@@ -4,6 +4,9 @@ The flow, one module per arrow:
 B -> `insert_channel_mask` (surgery) -> `channel_ranking` (ranking) -> `sweep` (sweep)
 -> B' snapshots (`PruningCallback`, `prune`: callbacks) -> `GoodNetModel` (goodnet)
 -> `export_goodnet` (export) -> `evaluate` (evaluate) -> report / saliency.
+
+Importing the package registers `ChannelMask` and `GoodNetModel` with Keras, so
+`keras.saving.load_model` reads the `.keras` files this package writes.
 """
 
 from keras_prune_guard.callbacks import PruningCallback, PruningResult, prune
@@ -11,7 +14,7 @@ from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.layers import ChannelMask
-from keras_prune_guard.models import deepid
+from keras_prune_guard.models import deepid, load_network
 from keras_prune_guard.ranking import channel_ranking, rank_channels
 from keras_prune_guard.repair import repair
 from keras_prune_guard.surgery import (
@@ -39,6 +42,7 @@ __all__ = [
     "find_channel_mask",
     "insert_channel_mask",
     "last_pooling_layer",
+    "load_network",
     "prune",
     "pruned_copy",
     "rank_channels",

@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Quiet TensorFlow's C++ start-up chatter for CLI users (only here, never on import).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import absl.logging
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # retracing notes are not the user's concern
+    absl.logging.set_verbosity(absl.logging.ERROR)  # nor Keras's "legacy .h5" note
     from keras_prune_guard import commands
 
     try:

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from keras_prune_guard.data import load_inputs, load_lab_h5
+from keras_prune_guard.data import load_images, load_inputs, load_lab_h5
 from keras_prune_guard.evaluate import (
     evaluate,
     input_shape_of,
@@ -60,7 +60,12 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
             raise ValueError("eval --images needs --model MODEL (a SavedModel folder, .keras "
                              "or .h5). Received: no --model")
         model = load_model_for_eval(args.model_path, safe_mode=safe)
-        x, _, names = load_inputs(args.images, image_shape=input_shape_of(model))
+        shape = input_shape_of(model)
+        if Path(args.images).suffix.lower() in (".h5", ".hdf5"):
+            x = load_lab_h5(args.images, image_shape=shape)[0]
+            names = [f"{args.images}[{i}]" for i in range(len(x))]
+        else:
+            x, names = load_images(args.images, image_shape=shape)
         for name, cls in zip(names, predict_classes(model, x, what=args.images)):
             print(f"{name}\t{cls}")
         return 0

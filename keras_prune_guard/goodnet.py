@@ -121,6 +121,11 @@ class GoodNetModel(keras.Model):
         self.built = True
 
     @property
+    def input_shape(self) -> tuple:
+        """(None, H, W, C): the images this GoodNet takes."""
+        return (None, *self.image_shape)
+
+    @property
     def shares_layers(self) -> bool:
         """True when B' is B plus a mask and the layers are held once."""
         return any(isinstance(layer, ChannelMask) for layer in self.networks.layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 
 import keras
@@ -45,10 +46,20 @@ def batches(data, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarr
         yield x, None if y is None else np.asarray(y, dtype="int64").reshape(-1)
 
 
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compiled_forward(model: keras.Model):
-    """Returns a `tf.function` running `model` in inference mode on any batch size."""
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    """Returns a `tf.function` running `model` in inference mode on any batch size.
+
+    One function is traced per model and reused (kept while the model lives).
+    """
+    forward = _FORWARDS.get(model)
+    if forward is None:
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _FORWARDS[model] = forward
+    return forward
 
 
 def collect_activations(

@@ -1,0 +1,129 @@
+"""End to end, as a user runs it: `keras-prune-guard repair`, then `examples/eval.py`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import keras_prune_guard  # noqa: F401  (registers ChannelMask for load_model)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    return done
+
+
+def cli(*args, **kwargs):
+    return run("-m", "keras_prune_guard.cli", *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def repaired(csaw_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved_models")
+    done = cli(
+        "repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+        "--valid", str(csaw_dir / "real_clean_faces.h5"),
+        "--test", str(csaw_dir / "real_clean_faces.h5"),
+        "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5"),
+        "--trigger-region", "15,35,0,47", "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_repair_writes_every_model_and_the_report(repaired):
+    out, stdout = repaired
+    for tag in ("X2", "X4", "X10"):
+        assert (out / f"bprime_{tag}.keras").is_file()
+        assert (out / f"bprime_{tag}.h5").is_file()
+        assert (out / f"goodnet_{tag}" / "saved_model.pb").is_file()
+        assert (out / f"goodnet_{tag}.keras").is_file()
+    names = {p.name for p in (out / "report").iterdir()}
+    assert {"report.md", "report.csv", "report.json", "report.html", "pruning_curve.png",
+            "saliency.png"} <= names
+    assert not [p for p in out.rglob(".tmp-*")]
+    assert "| B (original) |" in stdout
+
+
+def test_report_numbers_match_the_models(repaired, csaw_dir, real_clean, real_sunglasses):
+    out, _ = repaired
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["baseline"]["valid_accuracy"] == pytest.approx(119 / 120 * 100)
+    assert [r["channels_pruned"] for r in summary["rows"]] == [43, 45, 48]
+    x, y = real_clean
+    for row in summary["rows"]:
+        tag = f"X{row['threshold']:g}"
+        b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")
+        pred = b_prime.predict(x, verbose=0).argmax(-1)
+        assert row["repaired"]["test_accuracy"] == pytest.approx(np.mean(pred == y) * 100)
+        # The plain .h5 (mask folded in) loads with no custom objects and agrees.
+        plain = keras.saving.load_model(out / f"bprime_{tag}.h5", custom_objects={})
+        np.testing.assert_array_equal(plain.predict(x, verbose=0).argmax(-1), pred)
+    assert len(summary["curve"]) == 49
+    assert "saliency_trigger_share" in summary
+
+
+def test_eval_py_scores_the_goodnet_like_the_lab(repaired, csaw_dir):
+    out, _ = repaired
+    summary = json.loads((out / "report" / "report.json").read_text())
+    row = summary["rows"][1]
+    done = run("examples/eval.py", str(csaw_dir / "real_clean_faces.h5"),
+               str(csaw_dir / "real_sunglasses_faces.h5"), str(out / "goodnet_X4"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(": ") for line in done.stdout.strip().splitlines())
+    assert float(lines["Clean Classification accuracy"]) == pytest.approx(
+        row["goodnet"]["test_accuracy"], abs=1e-3)
+    assert float(lines["Attack Success Rate"]) == pytest.approx(
+        row["goodnet"]["attack_success"], abs=1e-3)
+
+
+@pytest.mark.parametrize("model_file", ["bprime_X10.h5", "bprime_X10.keras", "goodnet_X10"])
+def test_eval_py_takes_every_model_kind(repaired, csaw_dir, model_file):
+    out, _ = repaired
+    done = run("examples/eval.py", str(csaw_dir / "real_clean_faces.h5"),
+               str(csaw_dir / "real_sunglasses_faces.h5"), str(out / model_file))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Clean Classification accuracy: 89.1667" in done.stdout
+
+
+def test_eval_py_classifies_single_images(repaired, tmp_path, csaw_dir):
+    from PIL import Image
+
+    out, _ = repaired
+    with h5py.File(csaw_dir / "real_sunglasses_faces.h5") as f:
+        face = f["data"][0].transpose(1, 2, 0)
+    Image.fromarray(face).save(tmp_path / "face.png")
+    done = run("examples/eval.py", str(tmp_path / "face.png"), "--model",
+               str(out / "goodnet_X2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    name, cls = done.stdout.strip().split("\t")
+    assert name.endswith("face.png") and 0 <= int(cls) <= 1283
+
+
+def test_bad_arguments_get_clear_errors(csaw_dir, tmp_path):
+    done = cli("repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+               "--valid", str(tmp_path / "missing.h5"))
+    assert done.returncode == 2
+    assert "missing.h5" in done.stderr and "Traceback" not in done.stderr
+    done = cli("repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+               "--valid", str(csaw_dir / "real_clean_faces.h5"), "--after", "pool_9")
+    assert done.returncode == 2 and "no layer named 'pool_9'" in done.stderr
+    done = cli("repair", "--weights", "w.h5", "--valid", "v.h5", "--thresholds", "two")
+    assert done.returncode == 2 and "--thresholds takes numbers" in done.stderr
+
+
+def test_help_explains_every_option():
+    done = cli("repair", "--help")
+    assert done.returncode == 0
+    for option in ("--model", "--weights", "--architecture", "--valid", "--thresholds",
+                   "--after", "--order", "--relative", "--input-scale", "--test",
+                   "--poisoned", "--out"):
+        assert option in done.stdout
