@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import h5py
 import keras
 from keras import layers
+
+from keras_prune_guard.surgery import copy_weights_by_name
 
 #: Input shape of the CSAW-HackML DeepID network (height, width, channels).
 DEEPID_INPUT_SHAPE = (55, 47, 3)
@@ -54,3 +65,433 @@ def deepid(
     x = layers.Activation("relu", name="activation_1")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="output")(x)
     return keras.Model(inputs, outputs, name="deepid")
+
+
+#: Architectures `load_network` can rebuild for a weights-only file.
+ARCHITECTURES = {"deepid": deepid}
+#: `input_scale` values: the factor the network's weights expect raw pixels multiplied by.
+INPUT_SCALES = {"raw": None, "unit": 1.0 / 255.0}
+
+
+def load_network(
+    model_path: str | os.PathLike | None = None,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    architecture: str = "deepid",
+    input_scale: str = "raw",
+    safe_mode: bool = True,
+) -> keras.Model:
+    """Loads a classifier as a flat functional model taking raw 0..255 pixels.
+
+    Give exactly one of:
+
+    - `model_path`: a full model, `.keras` (loaded by Keras with `safe_mode`) or
+      legacy `.h5` with a `model_config` (refused when its config holds a
+      `Lambda` layer, whose Python bytecode would run on loading, unless
+      `safe_mode=False`).
+    - `weights_path`: a weights-only `.h5` (the lab's Keras 2.3.1 files, or a
+      Keras 3 `.weights.h5`) for `architecture`; the number of classes is read
+      from the file (the kernel of layer `output`), layer names and weight
+      shapes are checked before loading.
+
+    Args:
+        model_path: a full `.keras` or `.h5` model file. Defaults to `None`.
+        weights_path: a weights-only `.h5` file. Defaults to `None`.
+        architecture: network to rebuild for `weights_path`; one of
+            `ARCHITECTURES` ("deepid"). Defaults to "deepid".
+        input_scale: "raw" (the network takes 0..255 pixels, like lab3) or
+            "unit" (it expects pixels/255, like the hackml2020 nets; a
+            `Rescaling(1/255)` layer named `input_scale` is put after the input
+            so the returned model still takes raw pixels). Defaults to "raw".
+        safe_mode: refuse to deserialize Python lambdas. Pass `False` only for
+            a file you trust. Defaults to `True`.
+
+    Returns:
+        An uncompiled functional `keras.Model` whose layers are reachable by
+        name (`model.get_layer("pool_3")`); a Sequential model is turned into
+        a functional one (a warning is given for nested sub-models, which are
+        kept as they are). A subclassed model saved whole (such as a GoodNet)
+        is returned as Keras loads it, for inference.
+
+    Raises:
+        ValueError: both or neither path given, unknown `architecture` or
+            `input_scale`, missing/unreadable/unsuitable file, refused `Lambda`.
+
+    Example:
+
+    >>> model = load_network(weights_path="lab3_bd_weights.h5")
+    >>> model.get_layer("pool_3").output.shape
+    (None, 5, 4, 60)
+    >>> hack = load_network(weights_path="hackml2020_sunglasses_bd_weights.h5",
+    ...                     input_scale="unit")
+    """
+    if (model_path is None) == (weights_path is None):
+        raise ValueError(
+            "Pass exactly one of model_path (a full .keras/.h5 model) and weights_path "
+            f"(a weights-only .h5 for `architecture`). Received: model_path={model_path!r}, "
+            f"weights_path={weights_path!r}"
+        )
+    if input_scale not in INPUT_SCALES:
+        raise ValueError(
+            f"input_scale must be one of {list(INPUT_SCALES)}: 'raw' when the network takes "
+            "0..255 pixels, 'unit' when it expects pixels/255. "
+            f"Received: input_scale={input_scale!r}"
+        )
+    if weights_path is not None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"Unknown architecture {architecture!r} for weights_path={str(weights_path)!r}; "
+                f"known architectures: {list(ARCHITECTURES)}. For another network, pass "
+                "model_path= a full .keras/.h5 model instead."
+            )
+        return _from_weights(Path(os.fspath(weights_path)), architecture, input_scale)
+    model = _load_full(Path(os.fspath(model_path)), safe_mode)
+    scale = INPUT_SCALES[input_scale]
+    return model if scale is None else _prepend_rescaling(model, scale, model_path)
+
+
+def num_classes_of(model: keras.Model) -> int:
+    """Returns the size of a single-output classifier's last axis.
+
+    Works on functional and Sequential models and, by tracing them, on
+    subclassed ones that know their `input_shape` (such as a loaded GoodNet).
+
+    Raises:
+        ValueError: the model has several outputs, or its output is not (batch, classes).
+
+    Example:
+
+    >>> num_classes_of(deepid(num_classes=7))
+    7
+    """
+    outputs = _graph_tensors(model, "outputs")
+    if outputs is None:  # trace the subclassed model on a symbolic batch
+        spec = model.compute_output_spec(keras.KerasTensor((None, *image_shape_of(model))))
+        shapes = [tuple(t.shape) for t in keras.tree.flatten(spec)]
+    else:
+        shapes = [tuple(t.shape) for t in outputs]
+    if len(shapes) != 1:
+        raise ValueError(
+            f"Model '{model.name}' has {len(shapes)} outputs; expected one (batch, classes) output."
+        )
+    shape = shapes[0]
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            f"Model '{model.name}' has output shape {shape}; expected (batch, classes)."
+        )
+    return int(shape[-1])
+
+
+def image_shape_of(model: keras.Model) -> tuple[int, int, int]:
+    """Returns the (height, width, channels) a single-input image model takes.
+
+    Raises:
+        ValueError: the model has several inputs, or its input is not
+            (batch, H, W, C) with known sizes.
+
+    Example:
+
+    >>> image_shape_of(deepid())
+    (55, 47, 3)
+    """
+    inputs = _graph_tensors(model, "inputs")
+    if inputs is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ValueError(
+                f"Model '{model.name}' ({type(model).__name__}) has no known input shape; "
+                "expected a built model with (batch, height, width, channels) input."
+            )
+        shapes = list(shape) if isinstance(shape, list) else [tuple(shape)]
+    else:
+        shapes = [tuple(t.shape) for t in inputs]
+    if len(shapes) != 1:
+        raise ValueError(
+            f"Model '{model.name}' has {len(shapes)} inputs; expected one image input."
+        )
+    shape = tuple(shapes[0])
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ValueError(
+            f"Model '{model.name}' has input shape {shape}; expected (batch, height, width, "
+            "channels) with known sizes."
+        )
+    return tuple(int(d) for d in shape[1:])
+
+
+def _graph_tensors(model: keras.Model, which: str):
+    """`model.inputs`/`outputs` of a graph model; `None` for a subclassed one."""
+    if _graph_kind(model) is None:
+        return None
+    return getattr(model, which)
+
+
+# --- weights-only files -------------------------------------------------------------------
+
+
+def _decode(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _weight_shapes(path: Path) -> tuple[str, dict[str, list[tuple[int, ...]]]]:
+    """Returns the file's layout ("legacy" or "keras3") and {layer name: weight shapes}."""
+    if not path.is_file():
+        found = "a folder" if path.exists() else "no such file"
+        raise ValueError(f"weights_path {path}: found {found}; expected a weights-only .h5 file.")
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"weights_path {path}: not a readable HDF5 file ({err}); expected a weights-only "
+            ".h5 file (such as the lab's bd_weights.h5)."
+        ) from err
+    try:
+        with f:
+            group = f
+            if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
+                group = f["model_weights"]
+            if "layer_names" in group.attrs:
+                shapes = {}
+                for raw in group.attrs["layer_names"]:
+                    name = _decode(raw)
+                    layer = group[name]
+                    names = [_decode(w) for w in layer.attrs.get("weight_names", [])]
+                    if names:
+                        shapes[name] = [tuple(layer[w].shape) for w in names]
+                return "legacy", shapes
+            if isinstance(f.get("layers"), h5py.Group):
+                shapes = {}
+                for key, layer in f["layers"].items():
+                    variables = layer.get("vars") if isinstance(layer, h5py.Group) else None
+                    if variables is None or not len(variables):
+                        continue
+                    name = _decode(variables.attrs.get("name", key))
+                    shapes[name] = [tuple(variables[str(i)].shape) for i in range(len(variables))]
+                return "keras3", shapes
+            top = sorted(f.keys())
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"weights_path {path}: the HDF5 file is damaged or not a Keras weights file ({err})."
+        ) from err
+    raise ValueError(
+        f"weights_path {path}: an HDF5 file without Keras weights (no `layer_names` attribute, "
+        f"no `layers` group; top level holds {top}); expected a "
+        "weights-only .h5 saved by Keras."
+    )
+
+
+def _from_weights(path: Path, architecture: str, input_scale: str) -> keras.Model:
+    layout, shapes = _weight_shapes(path)
+    kernel = next((s for s in shapes.get("output", []) if len(s) == 2), None)
+    if kernel is None:
+        raise ValueError(
+            f"weights_path {path}: no layer named 'output' with a 2-D kernel (layers with "
+            f"weights: {sorted(shapes)}); expected {architecture} weights, whose last Dense "
+            "layer is named 'output'."
+        )
+    build = ARCHITECTURES[architecture]
+    model = build(num_classes=kernel[1], input_scale=INPUT_SCALES[input_scale])
+    expected = {
+        layer.name: [tuple(w.shape) for w in layer.weights]
+        for layer in model.layers
+        if layer.weights
+    }
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"weights_path {path}: layers do not match architecture {architecture!r}: missing "
+            f"{missing}, unexpected {extra}; expected weights for {sorted(expected)}."
+        )
+    for name, want in expected.items():
+        if shapes[name] != want:
+            raise ValueError(
+                f"weights_path {path}: layer '{name}' holds weights of shapes {shapes[name]}; "
+                f"architecture {architecture!r} expects {want} (a different input size?)."
+            )
+    try:
+        if layout == "legacy":
+            model.load_weights(path, by_name=True)
+        elif path.name.endswith(".weights.h5"):
+            model.load_weights(path)
+        else:  # Keras 3 picks the reader from the suffix
+            with tempfile.TemporaryDirectory() as tmp:
+                link = Path(tmp) / "weights.weights.h5"
+                try:
+                    link.symlink_to(path.resolve())
+                except OSError:  # no symlinks here (Windows without privileges)
+                    shutil.copyfile(path, link)
+                model.load_weights(link)
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"weights_path {path}: Keras could not load the weights ({err}).") from err
+    return model
+
+
+# --- full models ---------------------------------------------------------------------------
+
+
+def lambda_layers(config) -> list[str]:
+    """Names the layers of a serialized model config that hold Python code.
+
+    Finds `Lambda` layers and any function serialized as bytecode
+    (`"__lambda__"`), at any depth (nested models, wrappers).
+
+    Args:
+        config: a model config (the parsed JSON of `model_config` or `config.json`).
+
+    Returns:
+        The names of those layers, in config order, without repeats.
+
+    Example:
+
+    >>> lambda_layers(json.loads(h5py.File("model.h5").attrs["model_config"]))
+    ['evil']
+    """
+    found: list[str] = []
+
+    def walk(node, owner: str | None):
+        if isinstance(node, dict):
+            inner = node.get("config")
+            name = inner.get("name") if isinstance(inner, dict) else None
+            if node.get("class_name") in ("Lambda", "__lambda__"):
+                label = name if node.get("class_name") == "Lambda" else owner
+                label = label or "<unnamed>"
+                if label not in found:
+                    found.append(label)
+            for value in node.values():
+                walk(value, name if isinstance(name, str) and "class_name" in node else owner)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, owner)
+
+    walk(config, None)
+    return found
+
+
+def _refusal(path: Path, names: list[str]) -> str:
+    return (
+        f"model_path {path}: refusing to load it: Lambda layer(s) {names} hold Python bytecode "
+        "that would run while the model loads. If, and only if, you trust this file, pass "
+        "safe_mode=False (CLI: --unsafe-deserialization)."
+    )
+
+
+def _load_full(path: Path, safe_mode: bool) -> keras.Model:
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise ValueError(f"model_path {path}: no such file; expected a .keras or .h5 model file.")
+    if suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"model_path {path}: not a zip archive; expected a .keras model saved by Keras 3."
+            )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = lambda_layers(json.loads(archive.read("config.json")))
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"model_path {path}: no readable config.json inside ({err}); expected a .keras "
+                "model saved by Keras 3."
+            ) from err
+    elif suffix in (".h5", ".hdf5"):
+        names = lambda_layers(_h5_model_config(path))
+        if names and safe_mode:
+            raise ValueError(_refusal(path, names))
+    else:
+        raise ValueError(
+            f"model_path {path}: suffix {path.suffix!r}; expected a full model saved as .keras "
+            "or .h5/.hdf5 (for weights only, pass weights_path=)."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as err:
+        if names and safe_mode:
+            raise ValueError(f"{_refusal(path, names)} Keras says: {err}") from err
+        raise ValueError(
+            f"model_path {path}: Keras could not load the model ({type(err).__name__}: {err})."
+        ) from err
+    return _flat_functional(model, path)
+
+
+def _h5_model_config(path: Path):
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            is_weights = "layer_names" in f.attrs or isinstance(f.get("layers"), h5py.Group)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model_path {path}: not a readable HDF5 file ({err}); expected a full .h5 model."
+        ) from err
+    if raw is None:
+        hint = " It holds weights only: pass weights_path= (and architecture=)."
+        hint = hint if is_weights else ""
+        raise ValueError(
+            f"model_path {path}: no `model_config` attribute; expected a full model saved with "
+            f"model.save('....h5').{hint}"
+        )
+    try:
+        return json.loads(_decode(raw))
+    except ValueError as err:
+        raise ValueError(f"model_path {path}: `model_config` is not valid JSON ({err}).") from err
+
+
+def _graph_kind(model) -> str | None:
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for kind in ("Sequential", "Functional"):
+        if kind in names:
+            return kind
+    return None
+
+
+def _flat_functional(model: keras.Model, path) -> keras.Model:
+    kind = _graph_kind(model)
+    if kind is None:  # a subclassed model (such as a saved GoodNet): usable as it is
+        return model
+    if kind == "Sequential":
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        warnings.warn(
+            f"model_path {path}: layers {nested} are nested models; their inner layers are "
+            "reached with model.get_layer(outer).get_layer(inner), not model.get_layer(inner), "
+            "and a ChannelMask can only follow a top-level layer. Rebuild the network flat "
+            "if you need to prune inside them.",
+            stacklevel=4,
+        )
+    return model
+
+
+def _prepend_rescaling(model: keras.Model, scale: float, path) -> keras.Model:
+    if _graph_kind(model) is None:
+        raise ValueError(
+            f"model_path {path}: input_scale='unit' needs a functional or Sequential model to "
+            f"put a Rescaling layer in; this is a subclassed {type(model).__name__}. Make it "
+            "take raw pixels itself and pass input_scale='raw'."
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"model_path {path}: input_scale='unit' needs a single-input model; this one has "
+            f"{len(model.inputs)} inputs."
+        )
+    if any(layer.name == "input_scale" for layer in model.layers):
+        raise ValueError(
+            f"model_path {path}: the model already has a layer named 'input_scale'; it takes "
+            "raw pixels already, pass input_scale='raw'."
+        )
+    source = model.inputs[0]
+    first = model.layers[0]
+    name = first.name if isinstance(first, keras.layers.InputLayer) else "input"
+    inputs = keras.Input(batch_shape=source.shape, dtype=source.dtype, name=name)
+    scaled = keras.layers.Rescaling(scale, name="input_scale")(inputs)
+
+    def call(layer, *args, **kwargs):  # layers fed by the raw input read the scaled one
+        def swap(t):
+            return scaled if t is inputs else t
+
+        args, kwargs = keras.tree.map_structure(swap, (args, kwargs))
+        return layer(*args, **kwargs)
+
+    # (input_tensors=scaled would make Keras give the clone fresh placeholder inputs)
+    structure = keras.tree.pack_sequence_as(model.input, [inputs])  # [x] or x, as the model's
+    clone = keras.models.clone_model(model, input_tensors=structure, call_function=call)
+    scaled_model = keras.Model(inputs, clone.outputs, name=model.name)
+    copy_weights_by_name(model, scaled_model)
+    return scaled_model
