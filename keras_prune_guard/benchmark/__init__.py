@@ -1,0 +1,57 @@
+"""The built-in backdoor benchmark: generated faces, a sunglasses trigger and a trained BadNet.
+
+Example:
+
+>>> from keras_prune_guard.benchmark import ensure_benchmark
+>>> paths = ensure_benchmark()  # about a minute the first time, instant afterwards
+>>> paths.model, paths.valid, paths.bd_test
+"""
+
+from keras_prune_guard.benchmark.badnet import (
+    DEFAULT_EPOCHS,
+    evaluate_badnet,
+    load_h5,
+    train_badnet,
+)
+from keras_prune_guard.benchmark.cache import (
+    BenchmarkPaths,
+    benchmark_key,
+    default_cache_dir,
+    ensure_benchmark,
+)
+from keras_prune_guard.benchmark.dataset import (
+    DEFAULT_IDENTITIES,
+    FORMAT_VERSION,
+    generate_benchmark,
+    read_info,
+)
+from keras_prune_guard.benchmark.faces import FaceBatch, FaceTraits, render_faces, sample_traits
+from keras_prune_guard.benchmark.trigger import (
+    apply_sunglasses,
+    bounding_box,
+    bounding_boxes,
+    sunglasses_mask,
+)
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_IDENTITIES",
+    "FORMAT_VERSION",
+    "BenchmarkPaths",
+    "FaceBatch",
+    "FaceTraits",
+    "apply_sunglasses",
+    "benchmark_key",
+    "bounding_box",
+    "bounding_boxes",
+    "default_cache_dir",
+    "ensure_benchmark",
+    "evaluate_badnet",
+    "generate_benchmark",
+    "load_h5",
+    "read_info",
+    "render_faces",
+    "sample_traits",
+    "sunglasses_mask",
+    "train_badnet",
+]
