@@ -24,6 +24,12 @@ def _read_for(model, path: str | None):
     return load_lab_h5(path, image_shape=image_shape_of(model), num_classes=num_classes_of(model))
 
 
+def _learning_rate(args: argparse.Namespace) -> float:
+    from keras_prune_guard.finetune import DEFAULT_LEARNING_RATE
+
+    return DEFAULT_LEARNING_RATE if args.fine_tune_lr is None else args.fine_tune_lr
+
+
 def repair(args: argparse.Namespace) -> int:
     """`keras-prune-guard repair`: see `build_parser` for the options."""
     model = load_network(
@@ -34,6 +40,9 @@ def repair(args: argparse.Namespace) -> int:
         safe_mode=not args.unsafe_deserialization,
     )
     valid = _read_for(model, args.valid)
+    if args.fine_tune_data is not None and not args.fine_tune_epochs:
+        raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
+                         "(E >= 1); received --fine-tune-epochs 0")
     run_repair(
         model,
         valid,
@@ -48,6 +57,11 @@ def repair(args: argparse.Namespace) -> int:
         full_curve=args.full_curve,
         trigger_region=args.trigger_region,
         model_label=Path(args.model or args.weights).name,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_data=_read_for(model, args.fine_tune_data),
+        fine_tune_lr=_learning_rate(args),
+        fine_tune_label=(None if args.fine_tune_data is None
+                         else Path(args.fine_tune_data).name),
     )
     return 0
 
@@ -101,15 +115,25 @@ def demo(args: argparse.Namespace) -> int:
         thresholds=args.thresholds,
         test=test,
         poisoned=bd_test,
-        trigger_region=tuple(info["trigger_region"]) if "trigger_region" in info else None,
+        trigger_region=tuple(info["trigger"]["bbox"]),
         model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_lr=_learning_rate(args),
     )
     print("Scoring the exported GoodNet SavedModels as examples/eval.py does:")
     for row in summary["rows"]:
-        served = ServedModel(row["files"]["goodnet_savedmodel"])
-        scores = evaluate(served, test, bd_test)
-        print(f"  {row['files']['goodnet_savedmodel']}: clean accuracy "
-              f"{scores['test_accuracy']:.2f}%, attack success {scores['attack_success']:.2f}%")
+        paths = [row["files"]["goodnet_savedmodel"]]
+        if row.get("fine_tuned"):
+            paths.append(row["fine_tuned"]["files"]["goodnet_savedmodel"])
+        for path in paths:
+            scores = evaluate(ServedModel(path), test, bd_test)
+            print(f"  {path}: clean accuracy {scores['test_accuracy']:.2f}%, "
+                  f"attack success {scores['attack_success']:.2f}%")
+    if args.fine_tune_epochs:
+        from keras_prune_guard.report import fine_pruning_table
+
+        print("Pruning only vs fine-pruning (clean test data / poisoned test data):")
+        print(fine_pruning_table(summary), end="")
     print(f"Demo finished in {time.perf_counter() - start:.0f} s. Models in {args.out}/, "
           f"report in {args.out}/report/ (report.md, report.html, pruning_curve.png).")
     return 0
