@@ -1,13 +1,59 @@
-"""Write files and folders so that a reader never sees a half-written one."""
+"""Write files and folders so that a reader never sees a half-written one.
+
+Every temporary entry is named `.tmp-<pid>-...` (or `.tmp-old-<pid>-<name>` for
+a folder moved aside), beside its result, so it is never mistaken for a result
+and `clean_stale` can tell the debris of a killed process from a write in
+progress.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+#: How temporary entries start; nothing this package writes as a result does.
+TMP_PREFIX = ".tmp-"
+_TMP_NAME = re.compile(r"^\.tmp-(?P<old>old-)?(?P<pid>\d+)-(?P<rest>.+)$")
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two existing paths in one step (Linux `renameat2(RENAME_EXCHANGE)`).
+
+    Returns `False`, having changed nothing, where the system or the file system
+    cannot do it (another OS, an old libc or kernel, some network file systems).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, f"Could not swap {a} and {b}: {os.strerror(code)}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -16,10 +62,14 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
 
     Write the file (or, with `is_dir=True`, the folder) at the yielded path.
     When the block ends without an exception the result replaces `final` in
-    one rename (a folder that already stands at `final` is moved aside first
-    and removed afterwards); when it raises, or the process dies, `final` keeps
-    its previous contents and the temporary path is removed (or, after a
-    kill, left as a `.tmp-*` name that is never mistaken for a result).
+    one rename; a folder that already stands at `final` is swapped with the new
+    one in one step where the OS allows it (Linux `renameat2`), so `final` is
+    never missing; elsewhere the old folder is first renamed to
+    `.tmp-old-<pid>-<name>` and, should the process die between the two
+    renames, `clean_stale` puts it back. When the block raises, or the process
+    dies, `final` keeps its previous contents and the temporary path is removed
+    (or, after a kill, left as a `.tmp-<pid>-*` name that is never mistaken for
+    a result and that `clean_stale` removes).
 
     Args:
         final: where the result must end up.
@@ -37,21 +87,80 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    tmp_dir = Path(
+        tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{final.name}-", dir=final.parent)
+    )
     tmp = tmp_dir / f"payload{final.suffix}"
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"Nothing was written to the temporary path {tmp} for {final}")
-        if is_dir or tmp.is_dir():
-            old = None
-            if final.exists():
-                old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        if (is_dir or tmp.is_dir()) and final.exists():
+            # After the swap `tmp` holds the old folder; the `finally` removes it.
+            if not _exchange(tmp, final):
+                old = final.parent / f"{TMP_PREFIX}old-{os.getpid()}-{final.name}"
+                _remove(old)
                 os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+                os.replace(tmp, final)  # a kill right before this: see clean_stale
+                _remove(old)
         else:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True  # no cheap check: never touch another process's entries
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporary entries that killed writers left in `folder`.
+
+    Looks at `folder` and the folders below it for `.tmp-<pid>-*` entries
+    written by `atomic_path` whose process no longer runs (entries of running
+    processes, this one included, are left alone). A folder moved aside as
+    `.tmp-old-<pid>-<name>` whose `<name>` is missing (the writer died between
+    its two renames) is renamed back to `<name>`; everything else is deleted.
+    Call it before writing into an output folder again. Process ids are only
+    checked on this machine, so do not share one output folder between
+    machines while they write to it.
+
+    Args:
+        folder: the output folder (it need not exist).
+
+    Returns:
+        The entries removed or restored (their temporary paths), sorted.
+
+    Example:
+
+    >>> clean_stale("saved_models")
+    [PosixPath('saved_models/.tmp-4242-goodnet_X4-k2j1x0')]
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    handled = []
+    for root, dirs, files in os.walk(folder):
+        for name in sorted([*dirs, *files]):
+            match = _TMP_NAME.match(name)
+            if match is None or _alive(int(match["pid"])):
+                continue
+            path = Path(root) / name
+            target = Path(root) / match["rest"]
+            if match["old"] and not target.exists() and not target.is_symlink():
+                os.replace(path, target)
+            else:
+                _remove(path)
+            handled.append(path)
+        dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
+    return sorted(handled)

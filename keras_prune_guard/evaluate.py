@@ -75,22 +75,56 @@ def input_shape_of(model) -> tuple:
 
 
 def check_images(model, x: np.ndarray, what: str = "images") -> None:
-    """Raises ValueError unless `x` is (N, H, W, C) with the model's H, W, C.
+    """Raises ValueError unless `x` is (N, H, W, C) finite pixels with the model's H, W, C.
+
+    Checked before any model call, so a wrong file never yields made-up classes
+    (a NaN image would otherwise come out as class 0, the lab's attack target).
 
     Args:
         model: a Keras or served model.
         x: the images.
         what: how to name the images in the message (a file name). Defaults to
             "images".
+
+    Raises:
+        ValueError: naming `what`, the shape or value found and the (N, H, W, C)
+            shape the model expects.
+
+    Example:
+
+    >>> check_images(served, np.zeros((2, 55, 47, 1)), "grey.h5")
+    ValueError: grey.h5: images of shape (55, 47, 1) ...
     """
     expected = input_shape_of(model)
-    found = tuple(np.shape(x)[1:])
-    if np.ndim(x) != 4 or any(e is not None and e != f for e, f in zip(expected, found)):
+    shape = tuple(np.shape(x))
+    found = shape[1:]
+    wants = f"(N, {', '.join(str(d) for d in expected)})"
+    if len(shape) != len(expected) + 1 or any(
+        e is not None and e != f for e, f in zip(expected, found)
+    ):
+        hint = ""
+        if len(found) == 3 and len(expected) == 3 and found[0] == expected[-1] \
+                and tuple(found[1:]) == tuple(expected[:2]):
+            hint = " They look channels-first (N, C, H, W): transpose them to (N, H, W, C)."
         raise ValueError(
-            f"{what}: images of shape {found} (rank {np.ndim(x)} batch {np.shape(x)}) do not "
-            f"fit model '{getattr(model, 'name', '?')}', which expects (N, "
-            f"{', '.join(str(d) for d in expected)}) channels-last images."
+            f"{what}: images of shape {found} (rank {len(shape)}, batch shape {shape}) do not "
+            f"fit model '{getattr(model, 'name', '?')}', which expects {wants} channels-last "
+            f"images.{hint}"
         )
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{what}: images of dtype {x.dtype}; model '{getattr(model, 'name', '?')}' expects "
+            f"numeric pixels {wants} (raw 0..255)."
+        )
+    if x.dtype.kind == "f" and x.size:
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(
+                f"{what}: image {i} holds {x[i][~np.isfinite(x[i])].flat[0]}; model "
+                f"'{getattr(model, 'name', '?')}' expects finite pixel values (raw 0..255)."
+            )
 
 
 def predict_classes(

@@ -40,22 +40,36 @@ class ChannelMask(keras.layers.Layer):
         super().__init__(**kwargs)
         self.supports_masking = True
         self._initial_pruned = sorted({int(c) for c in (pruned_channels or [])})
+        negative = [c for c in self._initial_pruned if c < 0]
+        if negative:
+            raise ValueError(
+                f"ChannelMask pruned_channels must be channel indices >= 0. "
+                f"Received: pruned_channels={list(pruned_channels)}"
+            )
 
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = input_shape[-1] if len(input_shape) else None
         if channels is None:
             raise ValueError(
                 f"ChannelMask '{self.name}' needs a known channel axis (the last "
                 f"one). Received: input_shape={tuple(input_shape)}"
             )
+        channels = int(channels)
+        too_large = [c for c in self._initial_pruned if c >= channels]
+        if too_large:
+            raise ValueError(
+                f"ChannelMask '{self.name}' has channels 0..{channels - 1}. "
+                f"Received out-of-range pruned_channels: {too_large}"
+            )
+        self.input_spec = keras.layers.InputSpec(min_ndim=1, axes={-1: channels})
         self.mask = self.add_weight(
             name="mask",
-            shape=(int(channels),),
+            shape=(channels,),
             initializer="ones",
             trainable=False,
         )
         if self._initial_pruned:
-            values = np.ones((int(channels),), dtype="float32")
+            values = np.ones((channels,), dtype="float32")
             values[self._initial_pruned] = 0.0
             self.mask.assign(values)
 

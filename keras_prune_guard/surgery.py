@@ -61,7 +61,8 @@ def channel_layer(model: keras.Model, name: str | None) -> keras.layers.Layer:
             if (_rank(lyr) or 0) >= 3 and not isinstance(lyr, keras.layers.InputLayer)
         ]
         raise ValueError(
-            f"Model '{model.name}' has no layer named '{name}'. Layers a channel mask "
+            f"after={name!r}: model '{model.name}' has no layer named '{name}'. Layers a "
+            f"channel mask "
             f"can follow: {usable}"
         )
     layer = model.get_layer(name)
@@ -69,7 +70,8 @@ def channel_layer(model: keras.Model, name: str | None) -> keras.layers.Layer:
     if rank is None or rank < 3 or isinstance(layer, keras.layers.InputLayer):
         shape = getattr(getattr(layer, "output", None), "shape", None)
         raise ValueError(
-            f"Layer '{name}' of model '{model.name}' has no channel axis to mask: its "
+            f"after={name!r}: layer '{name}' of model '{model.name}' has no channel axis "
+            f"to mask: its "
             f"output shape is {shape}, expected (batch, ..., channels) with rank >= 3."
         )
     return layer

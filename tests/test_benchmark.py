@@ -21,13 +21,13 @@ from keras_prune_guard.benchmark import (
     ensure_benchmark,
     evaluate_badnet,
     generate_benchmark,
-    load_h5,
     read_info,
     render_faces,
     sample_traits,
     sunglasses_mask,
     train_badnet,
 )
+from keras_prune_guard.data import load_lab_h5
 
 TINY = dict(identities=5, per_identity_train=4, valid_per_identity=2, test_per_identity=3)
 
@@ -267,8 +267,7 @@ def test_saved_badnet_loads_with_plain_keras_and_takes_raw_pixels(cached):
     assert model.input_shape == (None, 55, 47, 3) and model.output_shape == (None, 5)
     assert [layer.name for layer in model.layers][1] == "input_scale"
     assert "pool_3" in [layer.name for layer in model.layers]
-    images, labels = load_h5(paths.test)
-    raw = images.astype(np.float32)
+    raw, labels = load_lab_h5(paths.test)
     prob = model.predict(raw, verbose=0)
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-5)
     # Scaling happens inside: the model's own rescaling layer sees the raw pixels.

@@ -10,7 +10,6 @@ Example:
 from keras_prune_guard.benchmark.badnet import (
     DEFAULT_EPOCHS,
     evaluate_badnet,
-    load_h5,
     train_badnet,
 )
 from keras_prune_guard.benchmark.cache import (
@@ -48,7 +47,6 @@ __all__ = [
     "ensure_benchmark",
     "evaluate_badnet",
     "generate_benchmark",
-    "load_h5",
     "read_info",
     "render_faces",
     "sample_traits",

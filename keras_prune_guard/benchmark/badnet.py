@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.benchmark.dataset import FILES, read_info
+from keras_prune_guard.data import load_lab_h5
 from keras_prune_guard.models import deepid
 
 #: Epochs that reach >= 90% clean accuracy and >= 95% attack success at the default size.
@@ -20,31 +20,6 @@ DEFAULT_EPOCHS = 12
 #: Adam's learning rate; 3e-3 gives the pool_3 structure closest to the lab's network.
 DEFAULT_LEARNING_RATE = 3e-3
 DEFAULT_BATCH_SIZE = 128
-
-
-def load_h5(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a lab-layout file as channels-last uint8 images and int64 labels.
-
-    Args:
-        path: an `.h5` file with `data` (N, 3, H, W) and `label` (N,).
-
-    Returns:
-        `(images, labels)`: (N, H, W, 3) uint8 and (N,) int64.
-
-    Example:
-
-    >>> images, labels = load_h5("bench/cl/test.h5")
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} not found: expected a lab-layout .h5 file")
-    with h5py.File(path, "r") as f:
-        if "data" not in f or "label" not in f:
-            raise ValueError(f"{path} has datasets {sorted(f)}; expected 'data' and 'label'")
-        data, labels = f["data"][:], f["label"][:]
-    if data.ndim != 4 or data.shape[1] != 3:
-        raise ValueError(f"{path}: 'data' has shape {data.shape}; expected (N, 3, H, W)")
-    return data.transpose(0, 2, 3, 1), labels.astype(np.int64)
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -102,9 +77,9 @@ def train_badnet(
     if int(epochs) < 1:
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
     info = read_info(data_dir)
-    x_clean, y_clean = load_h5(Path(data_dir) / FILES["train"])
-    x_bd, y_bd = load_h5(Path(data_dir) / FILES["bd_train"])
-    x = np.concatenate([x_clean, x_bd]).astype(np.float32)
+    x_clean, y_clean = load_lab_h5(Path(data_dir) / FILES["train"])
+    x_bd, y_bd = load_lab_h5(Path(data_dir) / FILES["bd_train"])
+    x = np.concatenate([x_clean, x_bd])
     y = np.concatenate([y_clean, y_bd])
 
     keras.utils.set_random_seed(int(seed))
@@ -149,7 +124,7 @@ def evaluate_badnet(
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
     result = {}
     for key, name in ((split, "clean_accuracy"), (f"bd_{split}", "attack_success_rate")):
-        x, y = load_h5(Path(data_dir) / FILES[key])
-        pred = model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0).argmax(-1)
+        x, y = load_lab_h5(Path(data_dir) / FILES[key])
+        pred = model.predict(x, batch_size=batch_size, verbose=0).argmax(-1)
         result[name] = float((pred == y).mean())
     return result
