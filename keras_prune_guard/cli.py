@@ -8,10 +8,15 @@ import sys
 
 EPILOG = """examples:
   keras-prune-guard demo
+  keras-prune-guard demo --fine-tune-epochs 5
   keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
       --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
   keras-prune-guard eval data/cl/test.h5 data/bd/bd_test.h5 saved_models/goodnet_X4
 """
+
+
+# keras_prune_guard.finetune.DEFAULT_LEARNING_RATE, restated so that --help imports no Keras.
+FINE_TUNE_LR = 1e-4
 
 
 def _thresholds(text: str) -> float:
@@ -34,6 +39,48 @@ def _region(text: str) -> tuple[int, int, int, int]:
             f"e.g. 15,35,0,47. Received: {text!r}"
         )
     return values
+
+
+def _epochs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"--fine-tune-epochs takes a whole number >= 0, e.g. 5. Received: {text!r}"
+        )
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"--fine-tune-lr takes a positive number, e.g. 1e-4. Received: {text!r}"
+        )
+    return value
+
+
+def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
+    p.add_argument("--fine-tune-epochs", type=_epochs, default=0, metavar="E",
+                   help="fine-pruning: also train a copy of each B' for E epochs on clean "
+                   "data with the pruned channels kept at zero, giving B'' (written as "
+                   "bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ and .keras, "
+                   "and reported next to B'). 0 = pruning only (default: 0)")
+    if data:
+        p.add_argument("--fine-tune-data", default=None, metavar="FILE",
+                       help="clean labelled data (lab HDF5) to fine-tune on (default: the "
+                       "--valid data, as the Fine-Pruning paper does); needs "
+                       "--fine-tune-epochs")
+    p.add_argument("--fine-tune-lr", type=_learning_rate, default=None, metavar="LR",
+                   help="initial Adam learning rate of the fine-tuning, cosine-decayed to 0 "
+                   f"(default: {FINE_TUNE_LR:g}, which restores clean accuracy; larger rates "
+                   "such as 1e-2 also erased the built-in benchmark's backdoor but wreck a "
+                   "network fine-tuned on a few hundred images)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of face identities (classes) of the benchmark")
     demo.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
                       help="accuracy drops X in percentage points (default: 2 4 10)")
+    _add_fine_tune_args(demo, data=False)
 
     rep = sub.add_parser(
         "repair", help="prune B on clean validation data, write B', GoodNets and the report",
@@ -81,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "them one at a time (least active first) and keep B' the first time validation "
         "accuracy is at least X points below the original, for each X. Writes, per X: "
         "bprime_X{X}.keras, bprime_X{X}.h5 (mask folded in, plain Keras), goodnet_X{X}/ "
-        "(SavedModel) and goodnet_X{X}.keras; and report/ (Markdown, CSV, JSON, PNG, HTML).",
+        "(SavedModel) and goodnet_X{X}.keras; and report/ (Markdown, CSV, JSON, PNG, HTML). "
+        "With --fine-tune-epochs E, each B' is then fine-tuned (its own copy, E epochs) into "
+        "B'', written with its GoodNet as bprime_ft_X{X}.* and goodnet_ft_X{X}*.",
     )
     _add_model_args(rep)
     rep.add_argument("--valid", required=True, help="clean validation data, lab HDF5 layout "
@@ -110,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "saliency share (the lab's sunglasses: 15,35,0,47)")
     rep.add_argument("--out", default="saved_models", help="output folder (default: "
                      "saved_models)")
+    _add_fine_tune_args(rep, data=True)
 
     ev = sub.add_parser(
         "eval", help="score a model as the lab's eval.py does, or classify images",

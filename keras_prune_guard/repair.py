@@ -1,4 +1,5 @@
-"""The whole defense in one call: B -> sweep -> B' per X -> GoodNets -> files -> report."""
+"""The whole defense in one call: B -> sweep -> B' per X (-> B'' fine-tuned) -> GoodNets -> files
+-> report."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import numpy as np
 from keras_prune_guard.callbacks import prune
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
+from keras_prune_guard.finetune import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEARNING_RATE,
+    check_data,
+    fine_tune,
+)
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.sweep import DEFAULT_THRESHOLDS
 
@@ -33,6 +40,10 @@ def repair(
     full_curve: bool = False,
     trigger_region: tuple[int, int, int, int] | None = None,
     model_label: str | None = None,
+    fine_tune_epochs: int = 0,
+    fine_tune_data: Data | None = None,
+    fine_tune_lr: float = DEFAULT_LEARNING_RATE,
+    fine_tune_label: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Repairs B at every threshold, writes the models and the report, returns the summary.
@@ -42,6 +53,13 @@ def repair(
     Keras), `goodnet_X{X}/` (one SavedModel) and `goodnet_X{X}.keras`; and the
     report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. Every file
     is written to a temporary name and renamed into place.
+
+    With `fine_tune_epochs` E > 0 it also fine-prunes: for each X an independent
+    copy of B' is trained E epochs on clean data (the mask frozen, see
+    `fine_tune`), giving B''; it writes `bprime_ft_X{X}.keras`,
+    `bprime_ft_X{X}.h5`, `goodnet_ft_X{X}/` and `goodnet_ft_X{X}.keras` (a
+    GoodNet from B and B'', holding both networks), and adds a `fine_tuned`
+    entry to the row of X. With E = 0 nothing changes.
 
     Args:
         model: the backdoored network B, taking raw 0..255 pixels.
@@ -57,6 +75,14 @@ def repair(
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.
+        fine_tune_epochs: epochs of fine-tuning of each B' (0: pruning only).
+            Defaults to 0.
+        fine_tune_data: clean `(x, y)` to fine-tune on. Defaults to `None`,
+            meaning `valid` (as the Fine-Pruning paper does).
+        fine_tune_lr: initial Adam learning rate of the fine-tuning (cosine
+            decay to 0). Defaults to `DEFAULT_LEARNING_RATE` (1e-4).
+        fine_tune_label: how to name the fine-tuning data in the report.
+            Defaults to `None` ("the validation data" or "fine_tune_data").
         log: progress printer. Defaults to `print`.
 
     Returns:
@@ -66,7 +92,30 @@ def repair(
 
     >>> summary = repair(bad_model, (x_valid, y_valid), "saved_models",
     ...                  test=(x_test, y_test), poisoned=(x_bd, y_bd))
+    >>> "fine_tuned" in summary["rows"][1]  # no fine-tuning asked for
+    False
+    >>> summary = repair(bad_model, (x_valid, y_valid), fine_tune_epochs=5,
+    ...                  test=(x_test, y_test), poisoned=(x_bd, y_bd))
+    >>> summary["rows"][1]["fine_tuned"]["repaired"]["attack_success"]
     """
+    if isinstance(fine_tune_epochs, bool) or not isinstance(fine_tune_epochs, int) or (
+        fine_tune_epochs < 0
+    ):
+        raise ValueError(
+            f"fine_tune_epochs must be an integer >= 0. Received: {fine_tune_epochs!r}"
+        )
+    if fine_tune_data is not None and fine_tune_epochs == 0:
+        raise ValueError(
+            "fine_tune_data was given but fine_tune_epochs=0, so it would not be used; "
+            "pass fine_tune_epochs >= 1 (or drop fine_tune_data)."
+        )
+    if fine_tune_epochs and not fine_tune_lr > 0:
+        raise ValueError(f"fine_tune_lr must be > 0. Received: fine_tune_lr={fine_tune_lr!r}")
+    if fine_tune_data is not None:  # fail before the sweep, not after it
+        fine_tune_data = check_data(model, fine_tune_data, fine_tune_label or "fine_tune_data")
+    if fine_tune_label is None:
+        fine_tune_label = "the validation data" if fine_tune_data is None else "fine_tune_data"
+    ft_data = valid if fine_tune_data is None else fine_tune_data
     out_dir = Path(out_dir)
     log(f"Ranking {len(valid[0])} validation images and sweeping the mask ...")
     last = {"shown": -1}
@@ -125,6 +174,17 @@ def repair(
         figure_models[f"B' X={t:g}"] = b_prime
         log(f"X={t:g}: {snap.channels_pruned}/{swept.channels} channels pruned, "
             f"validation accuracy {snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
+        if fine_tune_epochs:
+            row["fine_tuned"] = _fine_tuned_row(
+                model, b_prime, tag, out_dir, ft_data, valid, test, poisoned,
+                epochs=fine_tune_epochs, learning_rate=fine_tune_lr,
+            )
+            figure_models[f"B'' X={t:g}"] = row["fine_tuned"].pop("model")
+            log(f"X={t:g}: fine-tuned B' for {fine_tune_epochs} epochs on "
+                f"{len(ft_data[0])} images: validation accuracy "
+                f"{row['fine_tuned']['valid_accuracy']:.2f}%"
+                f"{' (the data it was tuned on)' if fine_tune_data is None else ''}; wrote "
+                f"{out_dir / ('*_ft_' + tag)}*")
 
     summary = {
         "title": "keras-prune-guard repair report",
@@ -142,7 +202,44 @@ def repair(
         "curve": swept.curve,
         "warnings": swept.warnings,
     }
+    if fine_tune_epochs:
+        summary["fine_tune"] = {
+            "epochs": fine_tune_epochs,
+            "learning_rate": fine_tune_lr,
+            "batch_size": DEFAULT_BATCH_SIZE,
+            "optimizer": "adam, cosine decay",
+            "data": fine_tune_label,
+            "images": len(ft_data[0]),
+        }
     return write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log)
+
+
+def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned, *,
+                    epochs, learning_rate) -> dict:
+    """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both (with "model": B'')."""
+    b_second = fine_tune(b_prime, ft_data[0], ft_data[1], epochs=epochs,
+                         learning_rate=learning_rate)
+    goodnet = GoodNetModel(model, b_second, name=f"goodnet_ft_{tag}")
+    files = {
+        "repaired_keras": save_model(b_second, out_dir / f"bprime_ft_{tag}.keras"),
+        "repaired_h5": save_plain_h5(b_second, out_dir / f"bprime_ft_{tag}.h5"),
+        "goodnet_savedmodel": export_goodnet(goodnet, out_dir / f"goodnet_ft_{tag}"),
+        "goodnet_keras": save_model(goodnet, out_dir / f"goodnet_ft_{tag}.keras"),
+    }
+    num_classes = int(model.output_shape[-1])
+    scored = test is not None or poisoned is not None
+    return {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "valid_accuracy": evaluate(b_second, valid)["test_accuracy"],
+        "train_loss": [float(v) for v in b_second.history.history.get("loss", [])],
+        "repaired": evaluate(b_second, test, poisoned) if scored else None,
+        "goodnet": (
+            evaluate(goodnet, test, poisoned, flag_class=num_classes) if scored else None
+        ),
+        "files": {k: str(v) for k, v in files.items()},
+        "model": b_second,
+    }
 
 
 def write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log) -> dict:

@@ -11,7 +11,12 @@ pipeline (accuracies in percent 0..100, `None` where not measured)::
                "repaired": {"test_accuracy": ..., "attack_success": ...} or None,
                "goodnet": {"test_accuracy": ..., "attack_success": ...,
                            "detection_rate": ..., "false_alarm_rate": ...} or None,
-               "files": {...}}, ...],
+               "files": {...},
+               "fine_tuned": {"valid_accuracy": ..., "epochs": 5,
+                              "repaired": {...} or None, "goodnet": {...} or None,
+                              "files": {...}}  # optional: only when B'_X was fine-tuned
+               }, ...],
+     "fine_tune": {"epochs": 5, "learning_rate": 1e-4, "data": ..., "images": ...},  # optional
      "curve": [{"step": 0, "channel": None, "channels_pruned": 0, "fraction_pruned": 0.0,
                 "valid_accuracy": ..., "attack_success": ... or None}, ...],
      "warnings": [...]}
@@ -102,6 +107,8 @@ th { background: #f0f0f0; }
 td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 tr.original td { background: #f7f7ff; }
 tr.goodnet td { background: #f6fbf6; }
+tr.fine_tuned td { background: #fdf6ec; }
+tr.goodnet.fine_tuned td { background: #f3efe0; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 section.warnings { background: #fff8e1; border-left: 4px solid #f0ad00; padding: 4px 16px; }
@@ -222,18 +229,58 @@ def _model_rows(summary: Mapping) -> list[tuple[dict, dict]]:
         )
         label = f"B'_{name}" + ("" if reached else " (not reached)")
         out.append((b_prime, {"label": label, "kind": "repaired", "channels": channels}))
+        suffix = "" if reached else " (not reached)"
         if row.get("goodnet") is not None:
-            good = _mapping(row.get("goodnet"), f"{where}['goodnet']")
-            g_row = dict(common, model=f"G_{name}", valid_accuracy=None)
-            for key in _OPTIONAL_COLUMNS:
-                g_row[key] = _number(good.get(key), f"{where}['goodnet'][{key!r}]")
-            label = f"G_{name}" + ("" if reached else " (not reached)")
-            out.append((g_row, {"label": label, "kind": "goodnet", "channels": channels}))
+            out.append(_goodnet_row(common, f"G_{name}", row["goodnet"], f"{where}['goodnet']",
+                                    suffix, "goodnet", channels))
+        if row.get("fine_tuned") is not None:
+            out.extend(_fine_tuned_rows(row["fine_tuned"], common, name, where, suffix,
+                                        channels))
+    return out
+
+
+def _goodnet_row(common: dict, model: str, raw: Any, where: str, suffix: str, kind: str,
+                 channels) -> tuple[dict, dict]:
+    good = _mapping(raw, where)
+    g_row = dict(common, model=model, valid_accuracy=None)
+    for key in _OPTIONAL_COLUMNS:
+        g_row[key] = _number(good.get(key), f"{where}[{key!r}]")
+    return g_row, {"label": model + suffix, "kind": kind, "channels": channels}
+
+
+def _fine_tuned_rows(raw: Any, common: dict, name: str, where: str, suffix: str,
+                     channels) -> list[tuple[dict, dict]]:
+    """B''_X (B'_X fine-tuned) and, when measured, G''_X (the GoodNet of B and B''_X)."""
+    where = f"{where}['fine_tuned']"
+    tuned = _mapping(raw, where)
+    repaired = _mapping(tuned.get("repaired"), f"{where}['repaired']")
+    b_second = dict(
+        common,
+        model=f"B''_{name}",
+        valid_accuracy=_number(tuned.get("valid_accuracy"), f"{where}['valid_accuracy']"),
+        test_accuracy=_number(
+            repaired.get("test_accuracy"), f"{where}['repaired']['test_accuracy']"
+        ),
+        attack_success=_number(
+            repaired.get("attack_success"), f"{where}['repaired']['attack_success']"
+        ),
+        detection_rate=None,
+        false_alarm_rate=None,
+    )
+    out = [(b_second, {"label": f"B''_{name}" + suffix, "kind": "fine_tuned",
+                       "channels": channels})]
+    if tuned.get("goodnet") is not None:
+        out.append(_goodnet_row(common, f"G''_{name}", tuned["goodnet"], f"{where}['goodnet']",
+                                suffix, "goodnet fine_tuned", channels))
     return out
 
 
 def csv_rows(summary: Mapping) -> list[dict]:
     """The report as flat rows, one per model: B, then B'_X and (when measured) G_X per X.
+
+    When B'_X was fine-tuned, B''_X (and, when measured, G''_X: the GoodNet of B and
+    B''_X) follow G_X; their `channels_pruned` is that of B'_X and their
+    `valid_accuracy` that of B''_X.
 
     Args:
         summary: the repair summary (see the module docstring).
@@ -308,7 +355,8 @@ def _warnings(summary: Mapping) -> list[str]:
 def markdown_table(summary: Mapping) -> str:
     """The results as a Markdown table, with the warnings listed under it.
 
-    Rows: "B (original)", then B'_X (and G_X when measured) for each threshold X.
+    Rows: "B (original)", then B'_X (and G_X when measured) for each threshold X, and
+    B''_X and G''_X after them when B'_X was fine-tuned (see `fine_pruning_table`).
     Columns: X, channels pruned ("k of C"), fraction pruned, validation accuracy of B' and,
     only when some model has them, clean test accuracy, attack success rate, and G's
     detection rate (poisoned inputs flagged) and false-alarm rate (clean inputs flagged).
@@ -357,7 +405,24 @@ def _settings(summary: Mapping) -> str:
     parts.append(f"threshold X {threshold}")
     if summary.get("keep"):
         parts.append(f"kept: {summary['keep']}")
-    return "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    tuning = _mapping(summary.get("fine_tune"), "['fine_tune']")
+    if tuning:
+        epochs = tuning.get("epochs")
+        how = []
+        if tuning.get("learning_rate") is not None:
+            rate = _number(tuning["learning_rate"], "['fine_tune']['learning_rate']")
+            how.append(f"Adam, learning rate {rate:g} cosine-decayed to 0")
+        if tuning.get("images") is not None:
+            how.append(f"{tuning['images']} images")
+        data = f" on {tuning['data']}" if tuning.get("data") else ""
+        text += (f" B''_X is B'_X fine-tuned for {epochs} epochs{data}"
+                 + (f" ({', '.join(how)})" if how else "")
+                 + " with the pruned channels kept at zero; G''_X is the GoodNet of B and "
+                 "B''_X.")
+        if tuning.get("data") == "the validation data":
+            text += " B''_X's validation accuracy is measured on the data it was tuned on."
+    return text
 
 
 def _files(summary: Mapping) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -369,7 +434,81 @@ def _files(summary: Mapping) -> list[tuple[str, list[tuple[str, str]]]]:
         if entries:
             threshold = _number(row.get("threshold"), f"['rows'][{i}]['threshold']")
             out.append((f"X = {_threshold_name(threshold)}", entries))
+        if row.get("fine_tuned") is not None:
+            where = f"['rows'][{i}]['fine_tuned']"
+            tuned = _mapping(row["fine_tuned"], where)
+            files = _mapping(tuned.get("files"), f"{where}['files']")
+            entries = [(str(k), str(v)) for k, v in files.items() if v]
+            if entries:
+                threshold = _number(row.get("threshold"), f"['rows'][{i}]['threshold']")
+                out.append((f"X = {_threshold_name(threshold)}, fine-tuned", entries))
     return out
+
+
+_COMPARISON = (
+    ("B'", "repaired", "test_accuracy"), ("B'", "repaired", "attack_success"),
+    ("B''", "repaired", "test_accuracy"), ("B''", "repaired", "attack_success"),
+    ("G", "goodnet", "test_accuracy"), ("G", "goodnet", "attack_success"),
+    ("G''", "goodnet", "test_accuracy"), ("G''", "goodnet", "attack_success"),
+)
+
+
+def _comparison(summary: Mapping) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of `fine_pruning_table` (no cells when nothing was fine-tuned)."""
+    summary = _check_summary(summary)
+    channels = summary.get("channels")
+    headers = ["X (% of baseline)" if summary.get("relative") else "X (points)",
+               "Channels pruned"]
+    headers += [f"{model} {'clean accuracy' if key == 'test_accuracy' else 'attack success'} (%)"
+                for model, _, key in _COMPARISON]
+    cells = []
+    for i, raw in enumerate(_list(summary, "rows")):
+        row = _mapping(raw, f"['rows'][{i}]")
+        where = f"['rows'][{i}]"
+        if row.get("fine_tuned") is None:
+            continue
+        tuned = _mapping(row["fine_tuned"], f"{where}['fine_tuned']")
+        threshold = _number(row.get("threshold"), f"{where}['threshold']")
+        if threshold is None:
+            raise ReportError(f"summary {where}['threshold']: expected a number, found None")
+        pruned = row.get("channels_pruned")
+        line = [_threshold_name(threshold) + ("" if row.get("reached", True) else
+                                              " (not reached)"),
+                _MISSING if pruned is None else (
+                    f"{int(pruned)} of {channels}" if channels else str(int(pruned)))]
+        for model, part, key in _COMPARISON:
+            source, at = (tuned, f"{where}['fine_tuned']") if "''" in model else (row, where)
+            scores = _mapping(source.get(part), f"{at}[{part!r}]")
+            value = _number(scores.get(key), f"{at}[{part!r}][{key!r}]")
+            line.append(_MISSING if value is None else f"{value:.2f}")
+        cells.append(line)
+    return headers, cells
+
+
+def fine_pruning_table(summary: Mapping) -> str:
+    """Pruning only vs fine-pruning, one line per threshold X, as a Markdown table.
+
+    Columns: X, channels pruned, then clean test accuracy and attack success rate of B'_X
+    (pruned only), B''_X (pruned, then fine-tuned), G_X (GoodNet of B and B'_X) and G''_X
+    (GoodNet of B and B''_X). Only thresholds whose row has a `fine_tuned` entry appear.
+
+    Args:
+        summary: the repair summary (see the module docstring).
+
+    Returns:
+        The Markdown table ending with a newline, or "" when nothing was fine-tuned.
+
+    Example:
+
+    >>> print(fine_pruning_table(summary))
+    | X (points) | Channels pruned | B' clean accuracy (%) | ...
+    """
+    headers, cells = _comparison(summary)
+    if not cells:
+        return ""
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    lines = [headers, align, *cells]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def markdown_report(summary: Mapping) -> str:
@@ -388,6 +527,9 @@ def markdown_report(summary: Mapping) -> str:
     summary = _check_summary(summary)
     title = str(summary.get("title") or "keras-prune-guard repair report")
     parts = [f"# {title}", "", _settings(summary), "", markdown_table(summary).rstrip("\n")]
+    comparison = fine_pruning_table(summary)
+    if comparison:
+        parts += ["", "## Pruning only vs fine-pruning", "", comparison.rstrip("\n")]
     files = _files(summary)
     if files:
         parts += ["", "## Saved networks", ""]
@@ -571,6 +713,14 @@ def render_html(summary: Mapping, images: Mapping[str, str | os.PathLike] | None
 
     body = [f"<h1>{esc(title)}</h1>", f'<p class="meta">{esc(_settings(summary))}</p>',
             "<h2>Results</h2>", *table]
+    comparison_headers, comparison_cells = _comparison(summary)
+    if comparison_cells:
+        body += ["<h2>Pruning only vs fine-pruning</h2>", '<table class="comparison">',
+                 "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in comparison_headers)
+                 + "</tr></thead>", "<tbody>"]
+        body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>"
+                 for line in comparison_cells]
+        body += ["</tbody>", "</table>"]
     for name, uri in figures:
         body += [f"<h2>{esc(name)}</h2>", "<figure>",
                  f'<img src="{uri}" alt="{esc(name, quote=True)}">', "</figure>"]
@@ -705,6 +855,7 @@ __all__ = [
     "ReportError",
     "csv_rows",
     "csv_text",
+    "fine_pruning_table",
     "markdown_report",
     "markdown_table",
     "plot_curve",

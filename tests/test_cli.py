@@ -127,3 +127,47 @@ def test_help_explains_every_option():
                    "--after", "--order", "--relative", "--input-scale", "--test",
                    "--poisoned", "--out"):
         assert option in done.stdout
+
+
+def test_repair_fine_tunes_on_the_given_file(csaw_dir, tmp_path):
+    out = tmp_path / "saved"
+    done = cli(
+        "repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+        "--valid", str(csaw_dir / "real_clean_faces.h5"),
+        "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5"),
+        "--thresholds", "4", "--fine-tune-epochs", "2", "--fine-tune-lr", "3e-4",
+        "--fine-tune-data", str(csaw_dir / "real_clean_faces.h5"), "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("bprime_X4.keras", "bprime_ft_X4.keras", "bprime_ft_X4.h5",
+                 "goodnet_ft_X4.keras", "goodnet_ft_X4/saved_model.pb"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["fine_tune"]["data"] == "real_clean_faces.h5"
+    assert summary["fine_tune"]["epochs"] == 2 and summary["fine_tune"]["learning_rate"] == 3e-4
+    tuned = summary["rows"][0]["fine_tuned"]
+    assert len(tuned["train_loss"]) == 2 and tuned["train_loss"][1] < tuned["train_loss"][0]
+    assert 0 <= tuned["repaired"]["attack_success"] <= 100
+    assert "| B''_4 |" in done.stdout and "| G''_4 |" in done.stdout
+
+
+def test_fine_tune_options_get_clear_errors(csaw_dir):
+    weights = str(csaw_dir / "lab3_bd_weights.h5")
+    valid = str(csaw_dir / "real_clean_faces.h5")
+    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-epochs", "-1")
+    assert done.returncode == 2 and "--fine-tune-epochs takes a whole number" in done.stderr
+    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-epochs", "1",
+               "--fine-tune-lr", "0")
+    assert done.returncode == 2 and "--fine-tune-lr takes a positive number" in done.stderr
+    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-data", valid)
+    assert done.returncode == 2 and "needs --fine-tune-epochs" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_explains_the_fine_tune_options():
+    done = cli("repair", "--help")
+    for option in ("--fine-tune-epochs", "--fine-tune-data", "--fine-tune-lr"):
+        assert option in done.stdout
+    done = cli("demo", "--help")
+    assert done.returncode == 0
+    assert "--fine-tune-epochs" in done.stdout and "--fine-tune-data" not in done.stdout

@@ -25,6 +25,7 @@ from keras_prune_guard.report import (
     ReportError,
     csv_rows,
     csv_text,
+    fine_pruning_table,
     markdown_report,
     markdown_table,
     plot_curve,
@@ -404,3 +405,115 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
         assert gray.min() < 60 and gray.max() > 200  # text on a light page, not one colour
         assert colour_pixels(image, VALID_COLOR) > 300  # the plot's lines were drawn
         assert colour_pixels(image, ATTACK_COLOR) > 300
+
+
+# --- fine-pruning rows ------------------------------------------------------------------------
+
+
+def make_fine_tuned_summary() -> dict:
+    """`make_summary` with B'_X fine-tuned (B''_X, G''_X) at X = 2 and 10, not at 4."""
+    summary = make_summary()
+    summary["fine_tune"] = {"epochs": 5, "learning_rate": 1e-4, "batch_size": 32,
+                            "optimizer": "adam", "data": "the validation data", "images": 600}
+    for row in summary["rows"]:
+        x = row["threshold"]
+        if x == 4.0:
+            continue
+        row["fine_tuned"] = {
+            "epochs": 5,
+            "learning_rate": 1e-4,
+            "valid_accuracy": 97.5 - x / 10,
+            "repaired": {"test_accuracy": 96.25 - x / 10, "attack_success": 1.5 * x},
+            "goodnet": {"test_accuracy": 95.125 - x / 10, "attack_success": 0.5 * x,
+                        "detection_rate": 90.0 + x / 2, "false_alarm_rate": 1.0 + x / 100},
+            "files": {"repaired_keras": f"saved_models/bprime_ft_X{x:g}.keras",
+                      "goodnet_savedmodel": f"saved_models/goodnet_ft_X{x:g}"},
+        }
+    return summary
+
+
+def test_fine_tuned_rows_in_markdown_and_csv():
+    summary = make_fine_tuned_summary()
+    _, rows = parse_markdown_table(markdown_table(summary))
+    assert list(rows) == ["B (original)", "B'_2", "G_2", "B''_2", "G''_2", "B'_4", "G_4",
+                          "B'_10", "G_10", "B''_10", "G''_10"]
+    for row in summary["rows"]:
+        if "fine_tuned" not in row:
+            continue
+        x, tuned = f"{row['threshold']:g}", row["fine_tuned"]
+        b2, g2 = rows[f"B''_{x}"], rows[f"G''_{x}"]
+        for line in (b2, g2):  # B'' keeps the channels B' pruned
+            assert line["X (points)"] == x
+            assert line["Channels pruned"] == f"{row['channels_pruned']} of {CHANNELS}"
+        assert b2["Validation accuracy (%)"] == f"{tuned['valid_accuracy']:.2f}"
+        assert b2["Clean test accuracy (%)"] == f"{tuned['repaired']['test_accuracy']:.2f}"
+        assert b2["Attack success rate (%)"] == f"{tuned['repaired']['attack_success']:.2f}"
+        assert b2["Detection rate (%)"] == "—"
+        assert g2["Validation accuracy (%)"] == "—"
+        assert g2["Detection rate (%)"] == f"{tuned['goodnet']['detection_rate']:.2f}"
+        assert g2["False alarm rate (%)"] == f"{tuned['goodnet']['false_alarm_rate']:.2f}"
+        # the pruned-only rows are unchanged by the fine-tuned ones
+        assert rows[f"B'_{x}"]["Attack success rate (%)"] == (
+            f"{row['repaired']['attack_success']:.2f}")
+    rows_csv = csv_rows(summary)
+    assert [r["model"] for r in rows_csv] == ["B", "B'_2", "G_2", "B''_2", "G''_2", "B'_4",
+                                              "G_4", "B'_10", "G_10", "B''_10", "G''_10"]
+    g10 = rows_csv[-1]
+    assert g10["threshold"] == 10.0 and g10["attack_success"] == 5.0
+    assert g10["detection_rate"] == 95.0 and g10["valid_accuracy"] is None
+    parsed = list(csv.DictReader(io.StringIO(csv_text(summary))))
+    assert parsed[3]["model"] == "B''_2" and float(parsed[3]["attack_success"]) == 3.0
+
+
+def test_fine_pruning_table_compares_per_threshold():
+    summary = make_fine_tuned_summary()
+    text = fine_pruning_table(summary)
+    headers, rows = parse_markdown_table(text)
+    assert headers == ["X (points)", "Channels pruned",
+                       "B' clean accuracy (%)", "B' attack success (%)",
+                       "B'' clean accuracy (%)", "B'' attack success (%)",
+                       "G clean accuracy (%)", "G attack success (%)",
+                       "G'' clean accuracy (%)", "G'' attack success (%)"]
+    assert list(rows) == ["2", "10"]  # X = 4 was not fine-tuned
+    row10 = summary["rows"][2]
+    line = rows["10"]
+    assert line["Channels pruned"] == f"{row10['channels_pruned']} of 60"
+    assert line["B' attack success (%)"] == f"{row10['repaired']['attack_success']:.2f}"
+    assert line["B'' attack success (%)"] == "15.00"
+    assert line["B'' clean accuracy (%)"] == "95.25"
+    assert line["G clean accuracy (%)"] == f"{row10['goodnet']['test_accuracy']:.2f}"
+    assert line["G'' attack success (%)"] == "5.00"
+    assert fine_pruning_table(make_summary()) == ""
+    unscored = make_fine_tuned_summary()
+    for row in unscored["rows"]:
+        row["repaired"] = row["goodnet"] = None
+        if "fine_tuned" in row:
+            row["fine_tuned"]["repaired"] = row["fine_tuned"]["goodnet"] = None
+    _, rows = parse_markdown_table(fine_pruning_table(unscored))
+    assert set(rows["2"].values()) - {"2", rows["2"]["Channels pruned"]} == {"—"}
+    broken = make_fine_tuned_summary()
+    broken["rows"][0]["fine_tuned"]["repaired"]["attack_success"] = "low"
+    with pytest.raises(ReportError, match=r"\['rows'\]\[0\]\['fine_tuned'\]\['repaired'\]"):
+        fine_pruning_table(broken)
+    with pytest.raises(ReportError, match=r"\['rows'\]\[0\]\['fine_tuned'\]\['repaired'\]"):
+        csv_rows(broken)
+
+
+def test_fine_tuned_report_files_and_html(tmp_path):
+    summary = make_fine_tuned_summary()
+    md = markdown_report(summary)
+    assert "B''_X is B'_X fine-tuned for 5 epochs on the validation data (Adam, learning " \
+           "rate 0.0001 cosine-decayed to 0, 600 images)" in md
+    assert md.index("## Pruning only vs fine-pruning") > md.index("| G''_10 |")
+    assert fine_pruning_table(summary) in md
+    assert "- X = 10, fine-tuned: repaired_keras `saved_models/bprime_ft_X10.keras`" in md
+    assert "## Pruning only vs fine-pruning" not in markdown_report(make_summary())
+    paths = write_report(summary, tmp_path / "report")
+    page = paths["html"].read_text()
+    assert '<tr class="fine_tuned"><td>B&#x27;&#x27;_2</td>' in page
+    assert '<tr class="goodnet fine_tuned"><td>G&#x27;&#x27;_10</td>' in page
+    assert "<h2>Pruning only vs fine-pruning</h2>" in page
+    assert page.count("<table") == 2 and "<table" not in render_html(make_summary())[
+        render_html(make_summary()).index("</table>"):]
+    assert json.loads(paths["json"].read_text()) == summary
+    assert len(list(csv.DictReader(paths["csv"].open()))) == 11
