@@ -12,6 +12,7 @@ Importing the package registers `ChannelMask` and `GoodNetModel` with Keras, so
 from keras_prune_guard.callbacks import PruningCallback, PruningResult, prune
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
+from keras_prune_guard.finetune import fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.models import deepid, load_network
@@ -40,6 +41,7 @@ __all__ = [
     "evaluate",
     "export_goodnet",
     "find_channel_mask",
+    "fine_tune",
     "insert_channel_mask",
     "last_pooling_layer",
     "load_network",

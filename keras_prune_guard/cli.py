@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "trained BadNet are cached (default: $KERAS_PRUNE_GUARD_CACHE or "
                       "~/.cache/keras-prune-guard)")
     demo.add_argument("--identities", type=int, default=None,
-                      help="number of face identities (classes) of the benchmark")
+                      help="number of face identities (classes) of the benchmark "
+                      "(default: 200)")
+    demo.add_argument("--per-identity", type=int, default=None,
+                      help="training faces per identity (default: 25)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="epochs of BadNet training (default: 12)")
     demo.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
                       help="accuracy drops X in percentage points (default: 2 4 10)")
     _add_fine_tune_args(demo, data=False)

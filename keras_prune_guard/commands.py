@@ -16,6 +16,8 @@ from keras_prune_guard.evaluate import (
 )
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.repair import repair as run_repair
+from keras_prune_guard.surgery import channel_layer
+from keras_prune_guard.sweep import check_thresholds
 
 
 def _read_for(model, path: str | None):
@@ -39,6 +41,8 @@ def repair(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         safe_mode=not args.unsafe_deserialization,
     )
+    check_thresholds(args.thresholds)  # argument errors before reading any data
+    channel_layer(model, args.after)
     valid = _read_for(model, args.valid)
     if args.fine_tune_data is not None and not args.fine_tune_epochs:
         raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
@@ -103,7 +107,9 @@ def demo(args: argparse.Namespace) -> int:
     from keras_prune_guard.evaluate import ServedModel
 
     start = time.perf_counter()
-    kwargs = {} if args.identities is None else {"identities": args.identities}
+    sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
+             "epochs": args.epochs}
+    kwargs = {key: value for key, value in sizes.items() if value is not None}
     bench = ensure_benchmark(args.cache_dir, log=print, **kwargs)
     model = load_network(bench.model)
     info = json.loads(Path(bench.info).read_text())

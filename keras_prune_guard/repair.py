@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_prune_guard.atomic import clean_stale
 from keras_prune_guard.callbacks import prune
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
@@ -20,7 +21,8 @@ from keras_prune_guard.finetune import (
     fine_tune,
 )
 from keras_prune_guard.goodnet import GoodNetModel
-from keras_prune_guard.sweep import DEFAULT_THRESHOLDS
+from keras_prune_guard.surgery import channel_layer
+from keras_prune_guard.sweep import DEFAULT_THRESHOLDS, check_thresholds
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -116,7 +118,11 @@ def repair(
     if fine_tune_label is None:
         fine_tune_label = "the validation data" if fine_tune_data is None else "fine_tune_data"
     ft_data = valid if fine_tune_data is None else fine_tune_data
+    check_thresholds(thresholds)  # fail on arguments before any work
+    channel_layer(model, after)
     out_dir = Path(out_dir)
+    for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
+        log(f"Removed {leftover}, left by an interrupted run")
     log(f"Ranking {len(valid[0])} validation images and sweeping the mask ...")
     last = {"shown": -1}
 

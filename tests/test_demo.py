@@ -1,0 +1,64 @@
+"""The demo pipeline end to end at a reduced size: benchmark -> BadNet -> repair -> eval."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import keras_prune_guard  # noqa: F401  (registers ChannelMask for load_model)
+from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.evaluate import ServedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    args = [sys.executable, "-m", "keras_prune_guard.cli", "demo", "--out", str(base / "out"),
+            "--cache-dir", str(base / "cache"), "--identities", "6", "--per-identity", "20",
+            "--epochs", "4"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return base, first.stdout, second.stdout
+
+
+def test_demo_prints_the_table_and_where_things_went(demo_run):
+    base, first, second = demo_run
+    assert "| B (original) |" in first and "| G_10" in first
+    assert "Demo finished" in first and str(base / "out") in first
+    # The second run reuses the cached benchmark and BadNet.
+    assert "using cached" in second
+    assert "training" not in second.lower().split("using cached")[1][:200]
+
+
+def test_demo_table_matches_the_models_own_predictions(demo_run):
+    base, _, _ = demo_run
+    out = base / "out"
+    summary = json.loads((out / "report" / "report.json").read_text())
+    data_dir = next((base / "cache").glob("faces-*"))
+    x_test, y_test = load_lab_h5(data_dir / "cl" / "test.h5")
+    x_bd, y_bd = load_lab_h5(data_dir / "bd" / "bd_test.h5")
+    n = summary["num_classes"]
+    assert n == 6
+    for row in summary["rows"]:
+        tag = f"X{row['threshold']:g}"
+        b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")
+        clean = b_prime.predict(x_test, verbose=0).argmax(-1)
+        bd = b_prime.predict(x_bd, verbose=0).argmax(-1)
+        assert row["repaired"]["test_accuracy"] == pytest.approx(np.mean(clean == y_test) * 100)
+        assert row["repaired"]["attack_success"] == pytest.approx(np.mean(bd == y_bd) * 100)
+        served = ServedModel(out / f"goodnet_{tag}")
+        g_clean = np.asarray(served(x_test)).argmax(-1)
+        g_bd = np.asarray(served(x_bd)).argmax(-1)
+        assert row["goodnet"]["test_accuracy"] == pytest.approx(np.mean(g_clean == y_test) * 100)
+        assert row["goodnet"]["detection_rate"] == pytest.approx(np.mean(g_bd == n) * 100)
+        assert row["goodnet"]["false_alarm_rate"] == pytest.approx(np.mean(g_clean == n) * 100)
+    for name in ("report.md", "report.html", "pruning_curve.png", "saliency.png"):
+        assert (out / "report" / name).stat().st_size > 0
