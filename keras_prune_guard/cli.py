@@ -181,10 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow model files that run code when loaded")
 
     sal = sub.add_parser("saliency", help="saliency maps of B and B' on clean/triggered pairs")
-    sal.add_argument("models", nargs="+", help="model files or SavedModel-free .keras files; "
-                     "a saved_models folder uses every bprime_*.keras in it")
+    sal.add_argument("models", nargs="*", help="full model files (.keras, .h5); a folder "
+                     "written by `repair` stands for every bprime_*.keras in it")
+    sal.add_argument("--weights", default=None, help="also show B from a weights-only .h5 "
+                     "(the lab's bd_weights.h5; --architecture deepid)")
+    sal.add_argument("--input-scale", default="raw", choices=["raw", "unit"],
+                     help="pixel range the --weights network expects (default: raw)")
     sal.add_argument("--clean", required=True, help="clean images (HDF5, image file or folder)")
-    sal.add_argument("--triggered", required=True, help="the same faces with the trigger")
+    sal.add_argument("--triggered", required=True, help="the same faces with the trigger, "
+                     "row i the twin of clean row i (extra rows of the longer set are unused)")
     sal.add_argument("--trigger-region", type=_region, default=None,
                      help="ROW_START,ROW_STOP,COL_START,COL_STOP (e.g. 15,35,0,47)")
     sal.add_argument("--method", default="saliency", choices=["saliency", "smoothgrad",

@@ -149,16 +149,22 @@ def saliency(args: argparse.Namespace) -> int:
     """`keras-prune-guard saliency`: maps of each model on clean/triggered pairs."""
     from keras_prune_guard.saliency import comparison_figure
 
-    paths = []
-    for item in args.models:
-        item = Path(item)
-        paths.extend(sorted(item.glob("bprime_*.keras")) if item.is_dir() else [item])
-    models = {
-        p.stem: load_network(p, safe_mode=not args.unsafe_deserialization) for p in paths
-    }
+    safe = not args.unsafe_deserialization
+    models = {}
+    if args.weights:
+        models["B"] = load_network(weights_path=args.weights, input_scale=args.input_scale)
+    for item in map(Path, args.models):
+        found = sorted(item.glob("bprime_*.keras"), key=_threshold_order) if item.is_dir() \
+            else [item]
+        models.update({p.stem: load_network(p, safe_mode=safe) for p in found})
+    if not models:
+        raise ValueError("saliency needs at least one model: model files, a folder written by "
+                         "`repair`, or --weights FILE. Received none")
     shape = image_shape_of(next(iter(models.values())))
     clean = load_inputs(args.clean, image_shape=shape)[0]
     triggered = load_inputs(args.triggered, image_shape=shape)[0]
+    pairs = min(len(clean), len(triggered))
+    clean, triggered = clean[:pairs], triggered[:pairs]
     result = comparison_figure(
         models, clean, triggered, args.out, method=args.method,
         trigger_region=args.trigger_region, max_pairs=args.pairs,
@@ -168,3 +174,12 @@ def saliency(args: argparse.Namespace) -> int:
         print(f"  {name}: saliency share inside the trigger region: clean "
               f"{share['clean']:.3f}, triggered {share['triggered']:.3f}")
     return 0
+
+
+def _threshold_order(path: Path) -> tuple:
+    """Sorts bprime_X2 before bprime_X10 (numerically), then by name."""
+    tail = path.stem.rsplit("_X", 1)[-1]
+    try:
+        return (float(tail), path.stem)
+    except ValueError:
+        return (float("inf"), path.stem)

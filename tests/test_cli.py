@@ -171,3 +171,20 @@ def test_help_explains_the_fine_tune_options():
     done = cli("demo", "--help")
     assert done.returncode == 0
     assert "--fine-tune-epochs" in done.stdout and "--fine-tune-data" not in done.stdout
+
+
+def test_saliency_command_reports_the_trigger_share(repaired, csaw_dir, tmp_path):
+    out, _ = repaired
+    png = tmp_path / "maps.png"
+    done = cli("saliency", str(out), "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+               "--clean", str(csaw_dir / "real_clean_faces.h5"),
+               "--triggered", str(csaw_dir / "real_sunglasses_faces.h5"),
+               "--trigger-region", "15,35,0,47", "--method", "gradcam", "--out", str(png))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [line for line in done.stdout.splitlines() if "trigger region" in line]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "B", "bprime_X2", "bprime_X4", "bprime_X10"]
+    triggered_b = float(lines[0].rsplit("triggered ", 1)[1])
+    clean_b = float(lines[0].split("clean ")[1].split(",")[0])
+    assert triggered_b > clean_b + 0.3  # Grad-CAM of B sits on the glasses
