@@ -1,23 +1,35 @@
 """The pruning sweep: mask channels one by one and measure accuracy after each.
 
-Only the part of the network after the mask is re-run, on activations cached
-once, and at each step only on the images the newly pruned channel touches
-(an image on which that channel is zero everywhere gets exactly the same masked
-input as before, hence the same prediction). Predictions stay exactly those of
-running the whole masked model at every step.
+The layers before the mask run once, on all images; their output is cached.
+At step k only the images on which the newly pruned channel is non-zero
+somewhere can change (any other image gets exactly the same masked input as at
+step k-1), so only they are re-run through the layers after the mask: the same
+Keras layers the whole model uses, so the predictions are exactly those of
+running the whole masked model at every step (the "naive sweep"). Steps that
+touch few images share one call; blocks go to two worker threads.
+
+On the lab's DeepID and 11,547 images this costs about 2.5 forward passes of
+the whole network for all 60 steps, against 61 for the naive sweep; see
+benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.ranking import activation_means, collect_activations, rank_channels
+from keras_prune_guard.ranking import (
+    activation_means,
+    collect_activations,
+    compiled_forward,
+    rank_channels,
+)
 from keras_prune_guard.surgery import find_channel_mask, masked_layer_name, split_at_mask
 
 #: Which network a threshold keeps: the first one at least X points below the
@@ -61,6 +73,7 @@ class SweepResult:
     snapshots: dict[float, Snapshot] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     predictions: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
 
 
 def check_thresholds(thresholds: Sequence[float]) -> list[float]:
@@ -96,37 +109,112 @@ def check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return sorted(values)
 
 
-class _StepPredictor:
-    """Keeps every image's predicted class while the mask is lowered step by step."""
+class _TailClassifier:
+    """Runs the real tail (the naive sweep's layers after the mask) and takes the argmax.
 
-    def __init__(self, tail: keras.Model, activations: np.ndarray, batch_size: int):
-        self.acts = activations
-        self.batch_size = batch_size
-        channels = activations.shape[-1]
-        spec = tf.TensorSpec((None, *activations.shape[1:]), tf.float32)
-        mask_spec = tf.TensorSpec((channels,), tf.float32)
+    Blocks of `block` rows go to two worker threads: while one block is in
+    TensorFlow the next is being gathered and masked, and two small calls keep
+    both cores busier than one.
+    """
 
-        @tf.function(input_signature=[spec, mask_spec])
-        def classify(acts, mask):
-            return tf.argmax(tail(acts * mask, training=False), axis=-1, output_type=tf.int32)
+    def __init__(self, tail: keras.Model, block: int, pool: ThreadPoolExecutor | None = None):
+        self.block = int(block)
+        self.pool = pool
+        spec = tf.TensorSpec((None, *tail.input_shape[1:]), tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def classify(acts):
+            return tf.argmax(tail(acts, training=False), axis=-1, output_type=tf.int32)
 
         self._classify = classify
+
+    def map(self, make: Callable[[slice], np.ndarray], count: int) -> np.ndarray:
+        """Classes of `count` rows; `make(part)` builds the masked activations of rows `part`."""
+        parts = [slice(s, min(s + self.block, count)) for s in range(0, count, self.block)]
+
+        def run(part):
+            return self._classify(make(part)).numpy()
+
+        out = np.empty(count, dtype="int32")
+        if not parts:
+            return out
+        out[parts[0]] = run(parts[0])  # the first call traces, alone
+        rest = parts[1:]
+        done = self.pool.map(run, rest) if self.pool and len(rest) > 1 else map(run, rest)
+        for part, classes in zip(rest, done):
+            out[part] = classes
+        return out
+
+    def __call__(self, acts: np.ndarray) -> np.ndarray:
+        return self.map(lambda part: acts[part], len(acts))
+
+
+class _StepPredictor:
+    """Re-runs the tail on the images each newly pruned channel touches.
+
+    An image on which channel c is zero everywhere gets exactly the same masked
+    input with or without c, hence the same prediction.
+    """
+
+    def __init__(self, classify: _TailClassifier, activations: np.ndarray):
+        self.acts = activations
+        self.classify = classify
+        channels = activations.shape[-1]
         flat = activations.reshape(len(activations), -1, channels)
         # touched[i, c]: channel c is non-zero somewhere in image i.
         self.touched = np.any(flat != 0, axis=1)
-        self.pred = self._predict(np.arange(len(activations)), np.ones(channels, "float32"))
+        self.mask = np.ones(channels, dtype="float32")
+        self.pred = classify(activations)
+        self.stats = {"image_steps": 0}
 
-    def _predict(self, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = np.empty(len(rows), dtype="int32")
-        for start in range(0, len(rows), self.batch_size):
-            part = rows[start : start + self.batch_size]
-            out[start : start + len(part)] = self._classify(self.acts[part], mask).numpy()
-        return out
+    def advance(self, channels: Sequence[int]) -> list[np.ndarray]:
+        """Prunes `channels` in turn; returns every image's class after each step."""
+        rows_per_step, masks, which = [], [], []
+        for channel in channels:
+            self.mask[int(channel)] = 0.0
+            rows = np.flatnonzero(self.touched[:, int(channel)])
+            rows_per_step.append(rows)
+            which.append(np.full(len(rows), len(masks)))
+            masks.append(self.mask.copy())
+        rows_all, which_all = np.concatenate(rows_per_step), np.concatenate(which)
+        masks_all = np.stack(masks)
+        shape = (1,) * (self.acts.ndim - 2)
 
-    def prune(self, channel: int, mask: np.ndarray) -> None:
-        rows = np.flatnonzero(self.touched[:, channel])
-        if rows.size:
-            self.pred[rows] = self._predict(rows, mask)
+        def make(part):
+            row_masks = masks_all[which_all[part]]
+            return self.acts[rows_all[part]] * row_masks.reshape(len(row_masks), *shape, -1)
+
+        classes = self.classify.map(make, len(rows_all))
+        self.stats["image_steps"] += len(rows_all)
+        results, current, offset = [], self.pred, 0
+        for rows in rows_per_step:
+            current = current.copy()
+            current[rows] = classes[offset : offset + len(rows)]
+            offset += len(rows)
+            results.append(current)
+        self.pred = current
+        return results
+
+
+def _collect(head: keras.Model, data, batch_size: int, pool: ThreadPoolExecutor):
+    """`collect_activations`, with array inputs split over the worker threads."""
+    if not (isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape")
+            and not isinstance(data[0], tf.data.Dataset) and len(data[0])):
+        return collect_activations(head, data, batch_size)
+    x, y = data
+    if y is not None and len(y) != len(x):
+        raise ValueError(
+            f"The data's images and labels differ in length: {len(x)} images, {len(y)} labels."
+        )
+    forward = compiled_forward(head)
+    parts = [slice(s, s + batch_size) for s in range(0, len(x), batch_size)]
+
+    def run(part):
+        return forward(np.asarray(x[part], dtype="float32")).numpy()
+
+    first = run(parts[0])  # the first call traces, alone
+    acts = np.concatenate([first, *pool.map(run, parts[1:])])
+    return acts, None if y is None else np.asarray(y, dtype="int64").reshape(-1)
 
 
 def _percent(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -149,7 +237,12 @@ def sweep(
 ) -> SweepResult:
     """Ranks the masked channels and prunes them one at a time, measuring accuracy.
 
-    The model's own mask is not changed: the sweep works on cached activations.
+    The model's own mask is not changed: the sweep runs the layers before the
+    mask once and caches their output; each step re-runs the layers after the
+    mask only on the images the newly pruned channel is non-zero on (the others
+    get exactly the same input as before), several small steps per call, in
+    blocks shared by two worker threads. Every image's predicted class at every
+    step equals the one the whole masked model gives.
 
     Args:
         model: a functional model holding one `ChannelMask` (all ones, normally).
@@ -177,6 +270,10 @@ def sweep(
     Returns:
         A `SweepResult`.
 
+    Raises:
+        ValueError: bad thresholds, keep or batch size; no ChannelMask;
+            unlabelled data.
+
     Example:
 
     >>> masked = insert_channel_mask(bad_model)
@@ -187,22 +284,37 @@ def sweep(
     thresholds = check_thresholds(thresholds)
     if keep not in KEEP_RULES:
         raise ValueError(f"keep must be one of {KEEP_RULES}. Received: keep={keep!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
     find_channel_mask(model)  # a clear error when the model has no mask
     head, tail = split_at_mask(model)
-    acts, labels = collect_activations(head, valid, batch_size)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
+    try:
+        return _sweep(head, tail, model, valid, thresholds, order, relative, keep,
+                      poisoned, full_curve, record_predictions, batch_size, progress, pool)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _sweep(head, tail, model, valid, thresholds, order, relative, keep, poisoned,
+           full_curve, record_predictions, batch_size, progress, pool) -> SweepResult:
+    classify = _TailClassifier(tail, batch_size, pool)
+    acts, labels = _collect(head, valid, batch_size, pool)
     if labels is None:
         raise ValueError("The validation data has no labels: expected (x, y) pairs.")
     means = activation_means(acts)
     order_arr = rank_channels(means, order)
     channels = acts.shape[-1]
 
-    clean = _StepPredictor(tail, acts, batch_size)
+    clean = _StepPredictor(classify, acts)
+    del acts  # the predictor keeps what it needs
     bad = None
     if poisoned is not None:
-        p_acts, p_labels = collect_activations(head, poisoned, batch_size)
+        p_acts, p_labels = _collect(head, poisoned, batch_size, pool)
         if p_labels is None:
             raise ValueError("The poisoned data has no labels: expected (x, y_target) pairs.")
-        bad = (_StepPredictor(tail, p_acts, batch_size), p_labels)
+        bad = (_StepPredictor(classify, p_acts), p_labels)
+        del p_acts
 
     base = _percent(clean.pred, labels)
     base_asr = _percent(bad[0].pred, bad[1]) if bad else None
@@ -226,27 +338,32 @@ def sweep(
             )
     history = [clean.pred.copy()] if record_predictions else None
     result.curve.append(_point(0, None, channels, base, base_asr))
-    mask = np.ones(channels, dtype="float32")
     first_below: dict[float, int] = {}
     total = channels
-    for step, channel in enumerate(order_arr, start=1):
-        mask[channel] = 0.0
-        clean.prune(int(channel), mask)
-        acc = _percent(clean.pred, labels)
-        asr = None
-        if bad:
-            bad[0].prune(int(channel), mask)
-            asr = _percent(bad[0].pred, bad[1])
-        result.curve.append(_point(step, int(channel), channels, acc, asr))
-        if history is not None:
-            history.append(clean.pred.copy())
-        for t in thresholds:
-            if t not in first_below and acc <= limits[t] + 1e-9:
-                first_below[t] = step
-        if progress is not None:
-            progress(step, total, acc)
-        if not full_curve and len(first_below) == len(thresholds):
-            break
+    load = clean.touched.sum(axis=0)
+    step, done = 0, False
+    while step < channels and not done:
+        # Several steps per call when each touches few images: fuller batches.
+        chunk = [int(order_arr[step])]
+        while step + len(chunk) < channels and load[chunk].sum() < batch_size:
+            chunk.append(int(order_arr[step + len(chunk)]))
+        clean_steps = clean.advance(chunk)
+        bad_steps = bad[0].advance(chunk) if bad else None
+        for j, channel in enumerate(chunk):
+            step += 1
+            acc = _percent(clean_steps[j], labels)
+            asr = _percent(bad_steps[j], bad[1]) if bad else None
+            result.curve.append(_point(step, channel, channels, acc, asr))
+            if history is not None:
+                history.append(clean_steps[j])
+            for t in thresholds:
+                if t not in first_below and acc <= limits[t] + 1e-9:
+                    first_below[t] = step
+            if progress is not None:
+                progress(step, total, acc)
+            if not full_curve and len(first_below) == len(thresholds):
+                done = True
+                break
 
     for t in thresholds:
         reached = t in first_below
@@ -270,6 +387,9 @@ def sweep(
         )
     if history is not None:
         result.predictions = np.stack(history)
+    result.stats = dict(clean.stats)
+    if bad:
+        result.stats["poisoned"] = dict(bad[0].stats)
     return result
 
 

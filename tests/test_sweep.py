@@ -15,6 +15,8 @@ def test_every_step_matches_the_naive_sweep(masked, real_clean, real_sunglasses)
     result = sweep(masked, (x, y), poisoned=real_sunglasses, full_curve=True,
                    record_predictions=True, batch_size=50)
     assert result.predictions.shape == (61, len(x))
+    # Most image-steps need no work: a channel zero on an image cannot change it.
+    assert 0 < result.stats["image_steps"] < 60 * len(x)
     mask = find_channel_mask(masked)
     for step in range(61):
         mask.set_pruned(result.order[:step])
@@ -92,3 +94,35 @@ def test_bad_thresholds(bad, message):
 def test_model_without_mask_is_refused(lab3_model, real_clean):
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
         sweep(lab3_model, real_clean)
+
+
+def test_several_small_steps_share_one_call(masked, real_clean):
+    """Steps touching few images are batched together; the curve is unchanged."""
+    x, y = real_clean
+    small = sweep(masked, (x, y), full_curve=True, record_predictions=True, batch_size=500)
+    one = sweep(masked, (x, y), full_curve=True, record_predictions=True, batch_size=1)
+    np.testing.assert_array_equal(small.predictions, one.predictions)
+    assert small.stats["image_steps"] == one.stats["image_steps"]
+    # Only images on which a pruned channel is non-zero are re-run: far fewer than 60 x 120.
+    assert 0 < small.stats["image_steps"] < 60 * len(x) / 2
+
+
+def test_progress_is_called_once_per_step(masked, real_clean):
+    seen = []
+    result = sweep(masked, real_clean, thresholds=[4], progress=lambda *a: seen.append(a))
+    assert [s[0] for s in seen] == list(range(1, len(result.curve)))
+    assert all(total == 60 for _, total, _ in seen)
+    assert seen[-1][2] == result.curve[-1]["valid_accuracy"]
+
+
+def test_dataset_input_gives_the_same_curve(masked, real_clean):
+    import tensorflow as tf
+
+    x, y = real_clean
+    arrays = sweep(masked, (x, y), thresholds=[4])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    streamed = sweep(masked, dataset, thresholds=[4])
+    assert [p["valid_accuracy"] for p in streamed.curve] == [
+        p["valid_accuracy"] for p in arrays.curve
+    ]
+    assert streamed.order == arrays.order
