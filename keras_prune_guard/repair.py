@@ -156,12 +156,7 @@ def repair(
         tag = f"X{t:g}"
         b_prime = result.snapshots[t]
         goodnet = GoodNetModel(model, b_prime, name=f"goodnet_{tag}")
-        files = {
-            "repaired_keras": save_model(b_prime, out_dir / f"bprime_{tag}.keras"),
-            "repaired_h5": save_plain_h5(b_prime, out_dir / f"bprime_{tag}.h5"),
-            "goodnet_savedmodel": export_goodnet(goodnet, out_dir / f"goodnet_{tag}"),
-            "goodnet_keras": save_model(goodnet, out_dir / f"goodnet_{tag}.keras"),
-        }
+        files = write_models(b_prime, goodnet, out_dir, tag)
         row = {
             "threshold": t,
             "reached": snap.reached,
@@ -220,18 +215,23 @@ def repair(
     return write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log)
 
 
+def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str) -> dict:
+    """Writes B' (`.keras`, plain `.h5`) and its GoodNet (SavedModel, `.keras`) for `tag`."""
+    return {
+        "repaired_keras": save_model(repaired, out_dir / f"bprime_{tag}.keras"),
+        "repaired_h5": save_plain_h5(repaired, out_dir / f"bprime_{tag}.h5"),
+        "goodnet_savedmodel": export_goodnet(goodnet, out_dir / f"goodnet_{tag}"),
+        "goodnet_keras": save_model(goodnet, out_dir / f"goodnet_{tag}.keras"),
+    }
+
+
 def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned, *,
                     epochs, learning_rate) -> dict:
     """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both (with "model": B'')."""
     b_second = fine_tune(b_prime, ft_data[0], ft_data[1], epochs=epochs,
                          learning_rate=learning_rate)
     goodnet = GoodNetModel(model, b_second, name=f"goodnet_ft_{tag}")
-    files = {
-        "repaired_keras": save_model(b_second, out_dir / f"bprime_ft_{tag}.keras"),
-        "repaired_h5": save_plain_h5(b_second, out_dir / f"bprime_ft_{tag}.h5"),
-        "goodnet_savedmodel": export_goodnet(goodnet, out_dir / f"goodnet_ft_{tag}"),
-        "goodnet_keras": save_model(goodnet, out_dir / f"goodnet_ft_{tag}.keras"),
-    }
+    files = write_models(b_second, goodnet, out_dir, f"ft_{tag}")
     num_classes = int(model.output_shape[-1])
     scored = test is not None or poisoned is not None
     return {

@@ -214,19 +214,7 @@ def _model_rows(summary: Mapping) -> list[tuple[dict, dict]]:
         repaired = _mapping(row.get("repaired"), f"{where}['repaired']")
         common = {"model": "", "threshold": threshold, "channels_pruned": pruned,
                   "fraction_pruned": fraction}
-        b_prime = dict(
-            common,
-            model=f"B'_{name}",
-            valid_accuracy=_number(row.get("valid_accuracy"), f"{where}['valid_accuracy']"),
-            test_accuracy=_number(
-                repaired.get("test_accuracy"), f"{where}['repaired']['test_accuracy']"
-            ),
-            attack_success=_number(
-                repaired.get("attack_success"), f"{where}['repaired']['attack_success']"
-            ),
-            detection_rate=None,
-            false_alarm_rate=None,
-        )
+        b_prime = _network_row(common, f"B'_{name}", row, repaired, where)
         label = f"B'_{name}" + ("" if reached else " (not reached)")
         out.append((b_prime, {"label": label, "kind": "repaired", "channels": channels}))
         suffix = "" if reached else " (not reached)"
@@ -237,6 +225,23 @@ def _model_rows(summary: Mapping) -> list[tuple[dict, dict]]:
             out.extend(_fine_tuned_rows(row["fine_tuned"], common, name, where, suffix,
                                         channels))
     return out
+
+
+def _network_row(common: dict, model: str, row: Mapping, repaired: Mapping, where: str) -> dict:
+    """The CSV row of a repaired network (B' or B''): its own scores, no GoodNet rates."""
+    return dict(
+        common,
+        model=model,
+        valid_accuracy=_number(row.get("valid_accuracy"), f"{where}['valid_accuracy']"),
+        test_accuracy=_number(
+            repaired.get("test_accuracy"), f"{where}['repaired']['test_accuracy']"
+        ),
+        attack_success=_number(
+            repaired.get("attack_success"), f"{where}['repaired']['attack_success']"
+        ),
+        detection_rate=None,
+        false_alarm_rate=None,
+    )
 
 
 def _goodnet_row(common: dict, model: str, raw: Any, where: str, suffix: str, kind: str,
@@ -254,19 +259,7 @@ def _fine_tuned_rows(raw: Any, common: dict, name: str, where: str, suffix: str,
     where = f"{where}['fine_tuned']"
     tuned = _mapping(raw, where)
     repaired = _mapping(tuned.get("repaired"), f"{where}['repaired']")
-    b_second = dict(
-        common,
-        model=f"B''_{name}",
-        valid_accuracy=_number(tuned.get("valid_accuracy"), f"{where}['valid_accuracy']"),
-        test_accuracy=_number(
-            repaired.get("test_accuracy"), f"{where}['repaired']['test_accuracy']"
-        ),
-        attack_success=_number(
-            repaired.get("attack_success"), f"{where}['repaired']['attack_success']"
-        ),
-        detection_rate=None,
-        false_alarm_rate=None,
-    )
+    b_second = _network_row(common, f"B''_{name}", tuned, repaired, where)
     out = [(b_second, {"label": f"B''_{name}" + suffix, "kind": "fine_tuned",
                        "channels": channels})]
     if tuned.get("goodnet") is not None:
