@@ -55,11 +55,7 @@ def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras
             )
     inputs = keras.Input(shape=bad_model.input_shape[1:], name="images")
     if _same_weights_apart_from_mask(bad_model, repaired_model):
-        head, tail = split_at_mask(repaired_model)
-        source = find_channel_mask(repaired_model)
-        mask = ChannelMask(pruned_channels=source.pruned_channels(), name=source.name)
-        features = head(inputs)
-        outputs = [tail(features), tail(mask(features))]
+        outputs = _shared_outputs(repaired_model, inputs)
     else:
         bad = keras.Model(bad_model.inputs, bad_model.output, name="bad_network")
         repaired = keras.Model(
@@ -67,6 +63,37 @@ def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras
         )
         outputs = [bad(inputs), repaired(inputs)]
     return keras.Model(inputs, outputs, name="goodnet_networks")
+
+
+def _shared_outputs(masked: keras.Model, inputs) -> list:
+    """`[B(x), B'(x)]` from the layers of a masked model, as one flat graph.
+
+    The layers that do not depend on the mask are called once; the layers after
+    it are called twice, on the activations and on the masked activations. The
+    graph stays flat (no nested models), so `bad_network()`/`repaired_network()`
+    end in the real output layer, as tools such as tf-keras-vis expect.
+    """
+    source = find_channel_mask(masked)
+    mask = ChannelMask(pruned_channels=source.pruned_channels(), name=source.name)
+    after = {layer.name for layer in split_at_mask(masked)[1].layers}
+    unmasked: dict[str, object] = {}
+
+    def without_mask(layer, *args, **kwargs):
+        if isinstance(layer, ChannelMask):
+            return args[0]
+        unmasked[layer.name] = layer(*args, **kwargs)
+        return unmasked[layer.name]
+
+    def with_mask(layer, *args, **kwargs):
+        if isinstance(layer, ChannelMask):
+            return mask(args[0])
+        return layer(*args, **kwargs) if layer.name in after else unmasked[layer.name]
+
+    structured = [inputs] if isinstance(masked.input, (list, tuple)) else inputs
+    replay = {"input_tensors": structured, "clone_function": lambda layer: layer}
+    bad = keras.models.clone_model(masked, call_function=without_mask, **replay).output
+    repaired = keras.models.clone_model(masked, call_function=with_mask, **replay).output
+    return [bad, repaired]
 
 
 @keras.saving.register_keras_serializable(package="keras_prune_guard")
