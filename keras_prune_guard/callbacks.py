@@ -156,18 +156,23 @@ def prune(
     full_curve: bool = False,
     batch_size: int = 1024,
     progress=None,
+    strategy=None,
+    cache_dir=None,
 ) -> PruningResult:
     """Runs the pruning defense without training.
 
     Args:
         model: the backdoored network B (a mask is inserted after `after` unless
             the model already has one; B itself is never modified).
-        x_val: clean validation images, channels-last, in the model's pixel range.
-        y_val: their integer labels.
+        x_val: clean validation images, channels-last, in the model's pixel
+            range; or a `tf.data.Dataset` of `(x, y)` batches (such as
+            `data.lab_h5_dataset`), read batch by batch, with `y_val=None`.
+        y_val: their integer labels (`None` with a dataset).
         thresholds: accuracy drops X (percentage points). Defaults to (2, 4, 10).
         after: layer to mask. Defaults to `None` (the last pooling layer).
-        order, relative, keep, poisoned, full_curve, batch_size, progress: as
-            in `sweep`.
+        order, relative, keep, poisoned, full_curve, batch_size, progress,
+            strategy, cache_dir: as in `sweep` (a `tf.distribute` strategy for
+            the passes; a folder for the activation cache file).
 
     Returns:
         A `PruningResult`; `snapshots[X]` is B' for threshold X, a copy of B
@@ -182,7 +187,7 @@ def prune(
     masked = model if has_mask else insert_channel_mask(model, after=after)
     result = sweep(
         masked,
-        (x_val, y_val),
+        x_val if y_val is None and not hasattr(x_val, "shape") else (x_val, y_val),
         thresholds=thresholds,
         order=order,
         relative=relative,
@@ -191,6 +196,8 @@ def prune(
         full_curve=full_curve,
         batch_size=batch_size,
         progress=progress,
+        strategy=strategy,
+        cache_dir=cache_dir,
     )
     snapshots = {
         t: pruned_copy(masked, snap.pruned_channels, name=f"{model.name}_pruned_{t:g}")

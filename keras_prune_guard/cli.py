@@ -11,6 +11,8 @@ EPILOG = """examples:
   keras-prune-guard demo --fine-tune-epochs 5
   keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
       --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
+  keras-prune-guard repair --weights data/bd_weights.h5 --valid big_valid.h5 --stream \\
+      --activation-cache /scratch --strategy mirrored --out saved_models
   keras-prune-guard eval data/cl/test.h5 data/bd/bd_test.h5 saved_models/goodnet_X4
 """
 
@@ -165,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "saliency share (the lab's sunglasses: 15,35,0,47)")
     rep.add_argument("--out", default="saved_models", help="output folder (default: "
                      "saved_models)")
+    rep.add_argument("--stream", action="store_true",
+                     help="read --valid, --test and --poisoned through tf.data in batches "
+                     "instead of loading them into memory (for validation sets larger than "
+                     "memory; only the activations entering the mask are kept)")
+    rep.add_argument("--activation-cache", default=None, metavar="DIR",
+                     help="keep the sweep's cached activations (4,800 bytes per image on "
+                     "the lab's DeepID) in a memory-mapped file in DIR instead of RAM; the "
+                     "file is deleted afterwards (default: in RAM)")
+    rep.add_argument("--strategy", default="none", choices=["none", "mirrored"],
+                     help="run the passes over the data under tf.distribute: mirrored = "
+                     "MirroredStrategy over every local GPU (the CPU when there is none); "
+                     "results equal the single-device run (default: none)")
     _add_fine_tune_args(rep, data=True)
 
     ev = sub.add_parser(

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from keras_prune_guard.data import load_images, load_inputs, load_lab_h5
+from keras_prune_guard.data import DataError, lab_h5_dataset, load_images, load_inputs, load_lab_h5
 from keras_prune_guard.evaluate import (
     evaluate,
     input_shape_of,
@@ -24,6 +24,34 @@ def _read_for(model, path: str | None):
     if path is None:
         return None
     return load_lab_h5(path, image_shape=image_shape_of(model), num_classes=num_classes_of(model))
+
+
+def _stream_for(model, path: str | None):
+    if path is None:
+        return None
+    return lab_h5_dataset(path, image_shape=image_shape_of(model),
+                          num_classes=num_classes_of(model))
+
+
+def _strategy(name: str):
+    if name == "none":
+        return None
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()
+
+
+def _data_errors(run):
+    """Runs `run()`; a file error raised inside a tf.data pipeline becomes a `DataError` again."""
+    import tensorflow as tf
+
+    try:
+        return run()
+    except tf.errors.OpError as err:
+        text = str(err.message)
+        if "DataError: " not in text:
+            raise
+        raise DataError(text.split("DataError: ", 1)[1].split("\n", 1)[0]) from err
 
 
 def _learning_rate(args: argparse.Namespace) -> float:
@@ -43,11 +71,15 @@ def repair(args: argparse.Namespace) -> int:
     )
     check_thresholds(args.thresholds)  # argument errors before reading any data
     channel_layer(model, args.after)
-    valid = _read_for(model, args.valid)
+    read = _stream_for if args.stream else _read_for
+    valid = read(model, args.valid)
     if args.fine_tune_data is not None and not args.fine_tune_epochs:
         raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
                          "(E >= 1); received --fine-tune-epochs 0")
-    run_repair(
+    if args.stream and args.fine_tune_epochs and args.fine_tune_data is None:
+        raise ValueError("--stream with --fine-tune-epochs needs --fine-tune-data FILE (read "
+                         "into memory for training); received no --fine-tune-data")
+    _data_errors(lambda: run_repair(
         model,
         valid,
         args.out,
@@ -56,8 +88,8 @@ def repair(args: argparse.Namespace) -> int:
         order=args.order,
         relative=args.relative,
         keep=args.keep,
-        test=_read_for(model, args.test),
-        poisoned=_read_for(model, args.poisoned),
+        test=read(model, args.test),
+        poisoned=read(model, args.poisoned),
         full_curve=args.full_curve,
         trigger_region=args.trigger_region,
         model_label=Path(args.model or args.weights).name,
@@ -66,7 +98,9 @@ def repair(args: argparse.Namespace) -> int:
         fine_tune_lr=_learning_rate(args),
         fine_tune_label=(None if args.fine_tune_data is None
                          else Path(args.fine_tune_data).name),
-    )
+        strategy=_strategy(args.strategy),
+        cache_dir=args.activation_cache,
+    ))
     return 0
 
 

@@ -371,6 +371,63 @@ def load_lab_h5(
     return x_all, y_all
 
 
+def lab_h5_dataset(
+    path: str | os.PathLike,
+    batch_size: int = 1024,
+    *,
+    image_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    labels: bool = True,
+):
+    """A `tf.data.Dataset` reading a lab HDF5 file in batches (through `iter_lab_h5`).
+
+    Nothing but the batch being read is in memory; every batch is checked as
+    `iter_lab_h5` checks it. The file itself is checked (`h5_info`) right away,
+    so a missing or malformed file fails here, not at the first batch. The
+    dataset can be iterated several times (each pass reopens the file) and
+    knows its number of batches.
+
+    Args:
+        path: the `.h5` file (`data` (N, C, H, W), `label` (N,)).
+        batch_size: images per batch. Defaults to 1024.
+        image_shape: when given, the (H, W, C) the images must have.
+        num_classes: when given, labels must be in [0, num_classes).
+        labels: yield `(x, y)`; with `False` only `x` (`label` may be absent).
+
+    Returns:
+        A dataset of `(x, y)` batches: x float32 (n, H, W, C) raw pixels, y int64 (n,).
+
+    Raises:
+        DataError: see `h5_info` (bad pixels or labels found while reading
+            surface from TensorFlow as an error whose message holds the
+            `DataError` text, naming the file, field and image).
+
+    Example:
+
+    >>> valid = lab_h5_dataset("valid.h5", 1024, image_shape=(55, 47, 3), num_classes=1283)
+    >>> result = sweep(masked_model, valid)  # the images are never all in memory
+    """
+    import tensorflow as tf
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    info = h5_info(path, image_shape=image_shape, num_classes=num_classes, labels=labels)
+    path, batch_size = info["path"], int(batch_size)
+    x_spec = tf.TensorSpec((None, *info["image_shape"]), tf.float32)
+
+    def generate():
+        for x, y in iter_lab_h5(path, batch_size, image_shape=image_shape,
+                                num_classes=num_classes, labels=labels):
+            yield (x, y) if labels else x
+
+    signature = (x_spec, tf.TensorSpec((None,), tf.int64)) if labels else x_spec
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+        -(-info["count"] // batch_size)))
+    return dataset.prefetch(1)
+
+
 def _image_files(p: Path) -> list[Path]:
     if not p.exists():
         raise _fail(p, None, "no such file or folder",
@@ -521,6 +578,7 @@ __all__ = [
     "check_pixels",
     "h5_info",
     "iter_lab_h5",
+    "lab_h5_dataset",
     "load_images",
     "load_inputs",
     "load_lab_h5",

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_prune_guard.distribute import batches, map_batches
 from keras_prune_guard.ranking import compiled_forward
 
 
@@ -128,20 +129,56 @@ def check_images(model, x: np.ndarray, what: str = "images") -> None:
 
 
 def predict_classes(
-    model, x: np.ndarray, batch_size: int = 1024, what: str = "images"
+    model, x, batch_size: int = 1024, what: str = "images", *,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> np.ndarray:
     """Predicted class of every image, in batches, after checking the image shape.
 
     Args:
         model: a Keras model or a `ServedModel`.
         x: (N, H, W, C) images in the model's pixel range (raw 0..255 for every
-            model this project writes).
+            model this project writes), or a `tf.data.Dataset` of `x` or
+            `(x, y)` batches (each batch checked as it comes).
         batch_size: images per call. Defaults to 1024.
         what: name of the images for error messages. Defaults to "images".
+        strategy: run under this `tf.distribute` strategy (classes come back in
+            input order). Defaults to `None`.
 
     Returns:
         An int64 (N,) array.
+
+    Example:
+
+    >>> predict_classes(goodnet, lab_h5_dataset("test.h5"), strategy=strategy)
     """
+    return _classes_and_labels(model, x, batch_size, what, strategy)[0]
+
+
+def _classes_and_labels(model, data, batch_size, what, strategy):
+    """`(classes, labels)` of arrays `x`, `(x, y)` arrays, or a dataset; labels may be None."""
+    if isinstance(data, tf.data.Dataset) or strategy is not None:
+        if isinstance(data, tf.data.Dataset):
+            data = _checked(model, data, batch_size, what)
+        else:
+            check_images(model, data[0] if isinstance(data, tuple) else data, what)
+        parts = list(map_batches(model, data, strategy=strategy, batch_size=batch_size,
+                                 argmax=True))
+        classes = np.concatenate([c for c, _ in parts]) if parts else np.zeros((0,), "int64")
+        labels = None if any(y is None for _, y in parts) else np.concatenate(
+            [y for _, y in parts]) if parts else None
+        return classes.astype("int64"), labels
+    x, y = data if isinstance(data, tuple) else (data, None)
+    return _predict_arrays(model, x, batch_size, what), y
+
+
+def _checked(model, data, batch_size: int, what: str):
+    """Yields the `(x, y)` batches of `data`, each checked with `check_images` first."""
+    for x, y in batches(data, batch_size):
+        check_images(model, x, what)
+        yield (x, y) if y is not None else x
+
+
+def _predict_arrays(model, x: np.ndarray, batch_size: int, what: str) -> np.ndarray:
     check_images(model, x, what)
     forward = compiled_forward(model) if isinstance(model, keras.Model) else model
     out = [
@@ -158,11 +195,12 @@ def rate(mask: np.ndarray) -> float:
 
 def evaluate(
     model,
-    clean: tuple[np.ndarray, np.ndarray] | None = None,
-    poisoned: tuple[np.ndarray, np.ndarray] | None = None,
+    clean=None,
+    poisoned=None,
     *,
     flag_class: int | None = None,
     batch_size: int = 1024,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Scores a model on clean and poisoned data, in percent.
 
@@ -176,6 +214,11 @@ def evaluate(
             `detection_rate` (poisoned flagged) and `false_alarm_rate` (clean
             flagged) are reported. Defaults to `None`.
         batch_size: images per call. Defaults to 1024.
+        strategy: run the passes under this `tf.distribute` strategy. Defaults
+            to `None`.
+
+    `clean` and `poisoned` may also be `tf.data.Dataset`s of `(x, y)` batches
+    (e.g. `data.lab_h5_dataset`), read batch by batch.
 
     Returns:
         A dict with `test_accuracy`, `attack_success` and, with `flag_class`,
@@ -189,13 +232,13 @@ def evaluate(
     if flag_class is not None:
         scores.update(detection_rate=None, false_alarm_rate=None)
     if clean is not None:
-        pred = predict_classes(model, clean[0], batch_size, "clean images")
-        scores["test_accuracy"] = rate(pred == clean[1])
+        pred, y = _classes_and_labels(model, clean, batch_size, "clean images", strategy)
+        scores["test_accuracy"] = rate(pred == y)
         if flag_class is not None:
             scores["false_alarm_rate"] = rate(pred == flag_class)
     if poisoned is not None:
-        pred = predict_classes(model, poisoned[0], batch_size, "poisoned images")
-        scores["attack_success"] = rate(pred == poisoned[1])
+        pred, y = _classes_and_labels(model, poisoned, batch_size, "poisoned images", strategy)
+        scores["attack_success"] = rate(pred == y)
         if flag_class is not None:
             scores["detection_rate"] = rate(pred == flag_class)
     return scores

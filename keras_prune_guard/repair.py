@@ -47,6 +47,8 @@ def repair(
     fine_tune_lr: float = DEFAULT_LEARNING_RATE,
     fine_tune_label: str | None = None,
     log: Callable[[str], None] = print,
+    strategy=None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Repairs B at every threshold, writes the models and the report, returns the summary.
 
@@ -86,6 +88,16 @@ def repair(
         fine_tune_label: how to name the fine-tuning data in the report.
             Defaults to `None` ("the validation data" or "fine_tune_data").
         log: progress printer. Defaults to `print`.
+        strategy: a `tf.distribute` strategy for the passes over the data (the
+            sweep, every evaluation); results equal the single-device run.
+            Defaults to `None`.
+        cache_dir: keep the sweep's cached activations in a file in this folder
+            instead of RAM (see `sweep`). Defaults to `None`.
+
+    `valid`, `test` and `poisoned` may be `tf.data.Dataset`s of `(x, y)`
+    batches (e.g. `data.lab_h5_dataset`), read batch by batch, so the images
+    never have to be in memory at once (fine-tuning then needs
+    `fine_tune_data` as arrays).
 
     Returns:
         The report summary (see `keras_prune_guard.report`).
@@ -113,6 +125,11 @@ def repair(
         )
     if fine_tune_epochs and not fine_tune_lr > 0:
         raise ValueError(f"fine_tune_lr must be > 0. Received: fine_tune_lr={fine_tune_lr!r}")
+    if fine_tune_epochs and fine_tune_data is None and _streamed(valid):
+        raise ValueError(
+            "fine_tune_epochs needs the fine-tuning data in memory, and valid is a streamed "
+            "tf.data.Dataset: pass fine_tune_data=(x, y) arrays (or valid as arrays)."
+        )
     if fine_tune_data is not None:  # fail before the sweep, not after it
         fine_tune_data = check_data(model, fine_tune_data, fine_tune_label or "fine_tune_data")
     if fine_tune_label is None:
@@ -123,7 +140,9 @@ def repair(
     out_dir = Path(out_dir)
     for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
         log(f"Removed {leftover}, left by an interrupted run")
-    log(f"Ranking {len(valid[0])} validation images and sweeping the mask ...")
+    what = "the streamed validation images" if _streamed(valid) else \
+        f"{len(valid[0])} validation images"
+    log(f"Ranking {what} and sweeping the mask ...")
     last = {"shown": -1}
 
     def progress(step, total, acc):
@@ -133,8 +152,7 @@ def repair(
 
     result = prune(
         model,
-        valid[0],
-        valid[1],
+        *((valid, None) if _streamed(valid) else valid),
         thresholds,
         after=after,
         order=order,
@@ -143,13 +161,15 @@ def repair(
         poisoned=poisoned,
         full_curve=full_curve,
         progress=progress,
+        strategy=strategy,
+        cache_dir=cache_dir,
     )
     swept = result.sweep
     num_classes = int(model.output_shape[-1])
     baseline = {"valid_accuracy": swept.baseline_accuracy, "test_accuracy": None,
                 "attack_success": None}
     if test is not None or poisoned is not None:
-        baseline.update(evaluate(model, test, poisoned))
+        baseline.update(evaluate(model, test, poisoned, strategy=strategy))
 
     rows, figure_models = [], {"B": model}
     for t, snap in swept.snapshots.items():
@@ -169,8 +189,9 @@ def repair(
             "files": {k: str(v) for k, v in files.items()},
         }
         if test is not None or poisoned is not None:
-            row["repaired"] = evaluate(b_prime, test, poisoned)
-            row["goodnet"] = evaluate(goodnet, test, poisoned, flag_class=num_classes)
+            row["repaired"] = evaluate(b_prime, test, poisoned, strategy=strategy)
+            row["goodnet"] = evaluate(goodnet, test, poisoned, flag_class=num_classes,
+                                      strategy=strategy)
         rows.append(row)
         figure_models[f"B' X={t:g}"] = b_prime
         log(f"X={t:g}: {snap.channels_pruned}/{swept.channels} channels pruned, "
@@ -178,7 +199,7 @@ def repair(
         if fine_tune_epochs:
             row["fine_tuned"] = _fine_tuned_row(
                 model, b_prime, tag, out_dir, ft_data, valid, test, poisoned,
-                epochs=fine_tune_epochs, learning_rate=fine_tune_lr,
+                epochs=fine_tune_epochs, learning_rate=fine_tune_lr, strategy=strategy,
             )
             figure_models[f"B'' X={t:g}"] = row["fine_tuned"].pop("model")
             log(f"X={t:g}: fine-tuned B' for {fine_tune_epochs} epochs on "
@@ -225,8 +246,28 @@ def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, ta
     }
 
 
+def _streamed(data) -> bool:
+    """True for data given as a dataset or iterable of batches rather than `(x, y)` arrays."""
+    return data is not None and not (isinstance(data, tuple) and hasattr(data[0], "shape"))
+
+
+def _first_images(data, count: int) -> np.ndarray:
+    """The first `count` images of `(x, y)` arrays or of a dataset of `(x, y)` batches."""
+    if not _streamed(data):
+        return data[0][:count]
+    from keras_prune_guard.distribute import batches
+
+    taken, total = [], 0
+    for x, _ in batches(data):
+        taken.append(x[: count - total])
+        total += len(taken[-1])
+        if total >= count:
+            break
+    return np.concatenate(taken)
+
+
 def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned, *,
-                    epochs, learning_rate) -> dict:
+                    epochs, learning_rate, strategy=None) -> dict:
     """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both (with "model": B'')."""
     b_second = fine_tune(b_prime, ft_data[0], ft_data[1], epochs=epochs,
                          learning_rate=learning_rate)
@@ -237,11 +278,12 @@ def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned
     return {
         "epochs": epochs,
         "learning_rate": learning_rate,
-        "valid_accuracy": evaluate(b_second, valid)["test_accuracy"],
+        "valid_accuracy": evaluate(b_second, valid, strategy=strategy)["test_accuracy"],
         "train_loss": [float(v) for v in b_second.history.history.get("loss", [])],
-        "repaired": evaluate(b_second, test, poisoned) if scored else None,
+        "repaired": evaluate(b_second, test, poisoned, strategy=strategy) if scored else None,
         "goodnet": (
-            evaluate(goodnet, test, poisoned, flag_class=num_classes) if scored else None
+            evaluate(goodnet, test, poisoned, flag_class=num_classes, strategy=strategy)
+            if scored else None
         ),
         "files": {k: str(v) for k, v in files.items()},
         "model": b_second,
@@ -257,11 +299,12 @@ def write_summary(summary, out_dir, figure_models, test, poisoned, trigger_regio
     if test is not None and poisoned is not None:
         from keras_prune_guard.saliency import comparison_figure
 
-        pairs = min(len(test[0]), len(poisoned[0]), 64)
+        clean_images, bd_images = _first_images(test, 64), _first_images(poisoned, 64)
+        pairs = min(len(clean_images), len(bd_images))
         fig = comparison_figure(
             figure_models,
-            test[0][:pairs],
-            poisoned[0][:pairs],
+            clean_images[:pairs],
+            bd_images[:pairs],
             report_dir / "saliency.png",
             trigger_region=trigger_region,
         )

@@ -11,11 +11,17 @@ touch few images share one call; blocks go to two worker threads.
 On the lab's DeepID and 11,547 images this costs about 2.5 forward passes of
 the whole network for all 60 steps, against 61 for the naive sweep; see
 benchmarks/README.md.
+
+Validation data may be streamed (a `tf.data.Dataset`, e.g. `lab_h5_dataset`):
+only the activations entering the mask are kept, in RAM or, with `cache_dir`,
+in a file. Under a `tf.distribute` strategy the pass of the layers before the
+mask and the re-runs of the layers after it are split among the replicas.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,12 +30,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.ranking import (
-    activation_means,
-    collect_activations,
-    compiled_forward,
-    rank_channels,
-)
+from keras_prune_guard.activations import Activations, collect
+from keras_prune_guard.distribute import BlockRunner
+from keras_prune_guard.ranking import rank_channels
 from keras_prune_guard.surgery import find_channel_mask, masked_layer_name, split_at_mask
 
 #: Which network a threshold keeps: the first one at least X points below the
@@ -114,26 +117,38 @@ class _TailClassifier:
 
     Blocks of `block` rows go to two worker threads: while one block is in
     TensorFlow the next is being gathered and masked, and two small calls keep
-    both cores busier than one.
+    both cores busier than one. Under a strategy each block is split among the
+    replicas instead (one block at a time).
     """
 
-    def __init__(self, tail: keras.Model, block: int, pool: ThreadPoolExecutor | None = None):
+    def __init__(self, tail: keras.Model, block: int, pool: ThreadPoolExecutor | None = None,
+                 strategy: tf.distribute.Strategy | None = None):
         self.block = int(block)
-        self.pool = pool
+        self.pool = None if strategy is not None else pool
+        if strategy is not None:
+            from keras_prune_guard.distribute import replicate
+
+            copy = replicate(tail, strategy)
+            self._classify = BlockRunner(
+                lambda acts: tf.argmax(copy(acts, training=False), axis=-1,
+                                       output_type=tf.int32),
+                strategy,
+            )
+            return
         spec = tf.TensorSpec((None, *tail.input_shape[1:]), tf.float32)
 
         @tf.function(input_signature=[spec])
         def classify(acts):
             return tf.argmax(tail(acts, training=False), axis=-1, output_type=tf.int32)
 
-        self._classify = classify
+        self._classify = lambda acts: classify(acts).numpy()
 
     def map(self, make: Callable[[slice], np.ndarray], count: int) -> np.ndarray:
         """Classes of `count` rows; `make(part)` builds the masked activations of rows `part`."""
         parts = [slice(s, min(s + self.block, count)) for s in range(0, count, self.block)]
 
         def run(part):
-            return self._classify(make(part)).numpy()
+            return self._classify(make(part))
 
         out = np.empty(count, dtype="int32")
         if not parts:
@@ -145,7 +160,7 @@ class _TailClassifier:
             out[part] = classes
         return out
 
-    def __call__(self, acts: np.ndarray) -> np.ndarray:
+    def __call__(self, acts) -> np.ndarray:
         return self.map(lambda part: acts[part], len(acts))
 
 
@@ -156,15 +171,13 @@ class _StepPredictor:
     input with or without c, hence the same prediction.
     """
 
-    def __init__(self, classify: _TailClassifier, activations: np.ndarray):
-        self.acts = activations
+    def __init__(self, classify: _TailClassifier, activations: Activations):
+        self.acts = activations.values  # an array, or a MappedArray on the cache file
         self.classify = classify
-        channels = activations.shape[-1]
-        flat = activations.reshape(len(activations), -1, channels)
         # touched[i, c]: channel c is non-zero somewhere in image i.
-        self.touched = np.any(flat != 0, axis=1)
-        self.mask = np.ones(channels, dtype="float32")
-        self.pred = classify(activations)
+        self.touched = activations.touched
+        self.mask = np.ones(self.acts.shape[-1], dtype="float32")
+        self.pred = classify(self.acts)
         self.stats = {"image_steps": 0}
 
     def advance(self, channels: Sequence[int]) -> list[np.ndarray]:
@@ -196,27 +209,6 @@ class _StepPredictor:
         return results
 
 
-def _collect(head: keras.Model, data, batch_size: int, pool: ThreadPoolExecutor):
-    """`collect_activations`, with array inputs split over the worker threads."""
-    if not (isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape")
-            and not isinstance(data[0], tf.data.Dataset) and len(data[0])):
-        return collect_activations(head, data, batch_size)
-    x, y = data
-    if y is not None and len(y) != len(x):
-        raise ValueError(
-            f"The data's images and labels differ in length: {len(x)} images, {len(y)} labels."
-        )
-    forward = compiled_forward(head)
-    parts = [slice(s, s + batch_size) for s in range(0, len(x), batch_size)]
-
-    def run(part):
-        return forward(np.asarray(x[part], dtype="float32")).numpy()
-
-    first = run(parts[0])  # the first call traces, alone
-    acts = np.concatenate([first, *pool.map(run, parts[1:])])
-    return acts, None if y is None else np.asarray(y, dtype="int64").reshape(-1)
-
-
 def _percent(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(pred == labels) * 100.0)
 
@@ -234,6 +226,8 @@ def sweep(
     record_predictions: bool = False,
     batch_size: int = 1024,
     progress: Callable[[int, int, float], None] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> SweepResult:
     """Ranks the masked channels and prunes them one at a time, measuring accuracy.
 
@@ -246,8 +240,10 @@ def sweep(
 
     Args:
         model: a functional model holding one `ChannelMask` (all ones, normally).
-        valid: clean labelled validation data: `(x, y)` arrays or an iterable of
-            `(x, y)` batches; x is channels-last float32 in the model's pixel range.
+        valid: clean labelled validation data: `(x, y)` arrays, a `tf.data.Dataset`
+            (e.g. `data.lab_h5_dataset`) or an iterable of `(x, y)` batches; x is
+            channels-last float32 in the model's pixel range. Streamed data is
+            read once; only the activations entering the mask are kept.
         thresholds: accuracy drops X that select a snapshot each. Defaults to
             (2, 4, 10).
         order: "ascending" (least active first) or "descending". Defaults to
@@ -266,9 +262,17 @@ def sweep(
         batch_size: images per forward call. Defaults to 1024.
         progress: called as `progress(step, total, accuracy)` after each step.
             Defaults to `None`.
+        strategy: run the passes under this `tf.distribute` strategy (e.g.
+            `MirroredStrategy`); the ranking, every step's predictions, the
+            curve and the snapshots are those of the single-device run.
+            Defaults to `None`.
+        cache_dir: keep the cached activations (4,800 bytes per image on the
+            lab's DeepID) in a memory-mapped file in this folder instead of RAM;
+            the file is deleted when the sweep ends. Defaults to `None`.
 
     Returns:
-        A `SweepResult`.
+        A `SweepResult`; `stats` holds `image_steps`, `images`,
+        `activation_bytes_per_image` and `activation_cache` ("memory" or "file").
 
     Raises:
         ValueError: bad thresholds, keep or batch size; no ChannelMask;
@@ -290,31 +294,38 @@ def sweep(
     head, tail = split_at_mask(model)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
-        return _sweep(head, tail, model, valid, thresholds, order, relative, keep,
-                      poisoned, full_curve, record_predictions, batch_size, progress, pool)
+        passes = {"batch_size": batch_size, "strategy": strategy, "cache_dir": cache_dir,
+                  "pool": pool}
+        with collect(head, valid, **passes) as acts:
+            if acts.labels is None:
+                raise ValueError("The validation data has no labels: expected (x, y) pairs.")
+            p_acts = None
+            try:
+                if poisoned is not None:
+                    p_acts = collect(head, poisoned, **passes)
+                    if p_acts.labels is None:
+                        raise ValueError(
+                            "The poisoned data has no labels: expected (x, y_target) pairs."
+                        )
+                classify = _TailClassifier(tail, batch_size, pool, strategy)
+                return _sweep(model, acts, p_acts, classify, thresholds, order, relative, keep,
+                              full_curve, record_predictions, batch_size, progress)
+            finally:
+                if p_acts is not None:
+                    p_acts.close()
     finally:
         pool.shutdown(wait=True)
 
 
-def _sweep(head, tail, model, valid, thresholds, order, relative, keep, poisoned,
-           full_curve, record_predictions, batch_size, progress, pool) -> SweepResult:
-    classify = _TailClassifier(tail, batch_size, pool)
-    acts, labels = _collect(head, valid, batch_size, pool)
-    if labels is None:
-        raise ValueError("The validation data has no labels: expected (x, y) pairs.")
-    means = activation_means(acts)
+def _sweep(model, acts, p_acts, classify, thresholds, order, relative, keep, full_curve,
+           record_predictions, batch_size, progress) -> SweepResult:
+    labels = acts.labels
+    means = acts.means
     order_arr = rank_channels(means, order)
-    channels = acts.shape[-1]
+    channels = acts.values.shape[-1]
 
     clean = _StepPredictor(classify, acts)
-    del acts  # the predictor keeps what it needs
-    bad = None
-    if poisoned is not None:
-        p_acts, p_labels = _collect(head, poisoned, batch_size, pool)
-        if p_labels is None:
-            raise ValueError("The poisoned data has no labels: expected (x, y_target) pairs.")
-        bad = (_StepPredictor(classify, p_acts), p_labels)
-        del p_acts
+    bad = None if p_acts is None else (_StepPredictor(classify, p_acts), p_acts.labels)
 
     base = _percent(clean.pred, labels)
     base_asr = _percent(bad[0].pred, bad[1]) if bad else None
@@ -387,7 +398,9 @@ def _sweep(head, tail, model, valid, thresholds, order, relative, keep, poisoned
         )
     if history is not None:
         result.predictions = np.stack(history)
-    result.stats = dict(clean.stats)
+    result.stats = dict(clean.stats, images=len(labels),
+                        activation_bytes_per_image=acts.bytes_per_image,
+                        activation_cache="memory" if acts.cache.path is None else "file")
     if bad:
         result.stats["poisoned"] = dict(bad[0].stats)
     return result

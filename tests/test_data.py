@@ -17,6 +17,7 @@ from keras_prune_guard.data import (
     DataError,
     h5_info,
     iter_lab_h5,
+    lab_h5_dataset,
     load_images,
     load_inputs,
     load_lab_h5,
@@ -395,3 +396,48 @@ def test_write_lab_h5_round_trips_with_extra_fields(tmp_path):
     with h5py.File(tmp_path / "w.h5") as f:
         assert f["data"].shape == (2, 3, 6, 5) and f["data"].dtype == np.uint8
         np.testing.assert_array_equal(f["true_label"][:], [5, -1])
+
+
+# --- reading through tf.data ----------------------------------------------------------------
+
+
+def test_lab_h5_dataset_streams_the_checked_batches(tmp_path, csaw_dir, real_clean):
+    import tensorflow as tf
+
+    dataset = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 50, image_shape=SHAPE,
+                             num_classes=1283)
+    assert isinstance(dataset, tf.data.Dataset)
+    assert int(dataset.cardinality()) == 3
+    assert dataset.element_spec[0].shape.as_list() == [None, *SHAPE]
+    for _ in range(2):  # each pass reopens the file
+        got = [(x.numpy(), y.numpy()) for x, y in dataset]
+        assert [len(x) for x, _ in got] == [50, 50, 20]
+        assert got[0][0].dtype == np.float32 and got[0][1].dtype == np.int64
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), real_clean[0])
+        np.testing.assert_array_equal(np.concatenate([y for _, y in got]), real_clean[1])
+
+    images = np.random.default_rng(3).integers(0, 256, size=(5, 6, 5, 3)).astype("uint8")
+    path = tmp_path / "nolabel.h5"
+    write_h5(path, data=images.transpose(0, 3, 1, 2))
+    only_x = lab_h5_dataset(path, 2, labels=False)
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x in only_x]), images)
+
+
+def test_lab_h5_dataset_checks_the_file_at_once_and_names_bad_images(tmp_path):
+    import tensorflow as tf
+
+    with pytest.raises(DataError, match="no such file"):
+        lab_h5_dataset(tmp_path / "missing.h5")
+    wrong = write_h5(tmp_path / "small.h5", data=lab_data(n=2, h=4, w=4),
+                     label=np.zeros(2, "int64"))
+    with pytest.raises(DataError, match=r"images of \(H, W, C\) \(4, 4, 3\)"):
+        lab_h5_dataset(wrong, image_shape=SHAPE)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        lab_h5_dataset(wrong, 0)
+    data = lab_data(n=6, h=4, w=4, dtype="float32")
+    data[4, 0, 1, 1] = 300.0
+    late = write_h5(tmp_path / "late.h5", data=data, label=np.zeros(6, "int64"))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"late.h5: field `data`: found pixel values .* in image 4"):
+        for _ in lab_h5_dataset(late, 2):
+            pass

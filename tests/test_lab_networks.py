@@ -1,4 +1,4 @@
-"""`repair` on each of the five real BadNets in ../shared/csaw (the lab3 one and four hackml2020)."""
+"""`repair` on each of the five real BadNets in ../shared/csaw (lab3 and four hackml2020)."""
 
 import json
 

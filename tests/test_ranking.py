@@ -3,7 +3,12 @@ import pytest
 import tensorflow as tf
 
 from keras_prune_guard import insert_channel_mask, split_at_mask
-from keras_prune_guard.ranking import activation_means, channel_ranking, rank_channels
+from keras_prune_guard.ranking import (
+    activation_means,
+    channel_ranking,
+    collect_activations,
+    rank_channels,
+)
 
 
 def _conv_relu(x, kernel, bias):
@@ -63,3 +68,41 @@ def test_activation_means_of_batches():
     np.testing.assert_allclose(activation_means([a[:1], a[1:]]), a.reshape(-1, 4).mean(0))
     with pytest.raises(ValueError, match="empty"):
         activation_means([])
+
+
+def test_near_ties_break_by_channel_index_whatever_the_last_bits():
+    """Sums reordered across devices change a mean in its last bits, never the order."""
+    base = np.array([2.0, 1.0, 3.0, 1.0, 0.0])
+    for noise in ([0, 1e-12, 0, -1e-12, 0], [0, -1e-12, 0, 1e-12, 0], [0, 0, 0, 0, 1e-15]):
+        means = base + np.array(noise)
+        assert rank_channels(means).tolist() == [4, 1, 3, 0, 2]
+        assert rank_channels(means, "descending").tolist() == [2, 0, 1, 3, 4]
+    # Means further apart than the tolerance keep their order.
+    assert rank_channels(np.array([1.0 + 1e-3, 1.0])).tolist() == [1, 0]
+    assert rank_channels(np.array([1.0 + 1e-12, 1.0]), tie_tolerance=0).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="tie_tolerance must be >= 0"):
+        rank_channels(base, tie_tolerance=-1)
+
+
+def test_activation_means_sum_in_float64_batch_by_batch():
+    # 1e8 + many ones: a float32 accumulator would lose the ones.
+    acts = np.ones((4001, 1, 1, 2), dtype="float32")
+    acts[0, ..., 0] = 1e8
+    expected = (1e8 + 4000) / 4001
+    assert activation_means(acts)[0] == pytest.approx(expected, rel=1e-12)
+    assert activation_means([acts[:7], acts[7:]])[1] == 1.0
+
+
+def test_collect_activations_of_a_streamed_file(lab3_model, csaw_dir, real_clean):
+    from keras_prune_guard.data import lab_h5_dataset
+
+    head, _ = split_at_mask(insert_channel_mask(lab3_model))
+    acts, labels = collect_activations(head, lab_h5_dataset(csaw_dir / "real_clean_faces.h5",
+                                                            25))
+    reference, ref_labels = collect_activations(head, real_clean, batch_size=25)
+    assert acts.shape == (120, 5, 4, 60) and acts.dtype == np.float32
+    np.testing.assert_array_equal(acts, reference)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(labels, real_clean[1])
+    order, means = channel_ranking(head, lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 25))
+    assert order.tolist() == rank_channels(activation_means(reference)).tolist()

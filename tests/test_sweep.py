@@ -126,3 +126,23 @@ def test_dataset_input_gives_the_same_curve(masked, real_clean):
         p["valid_accuracy"] for p in arrays.curve
     ]
     assert streamed.order == arrays.order
+
+
+def test_file_cache_for_arrays_gives_the_same_sweep(masked, real_clean, tmp_path):
+    x, y = real_clean
+    in_ram = sweep(masked, (x, y), full_curve=True, record_predictions=True, batch_size=40)
+    on_disk = sweep(masked, (x, y), full_curve=True, record_predictions=True, batch_size=40,
+                    cache_dir=tmp_path)
+    np.testing.assert_array_equal(on_disk.predictions, in_ram.predictions)
+    assert on_disk.means == in_ram.means and on_disk.order == in_ram.order
+    assert on_disk.stats["image_steps"] == in_ram.stats["image_steps"]
+    assert (in_ram.stats["activation_cache"], on_disk.stats["activation_cache"]) == (
+        "memory", "file")
+    assert in_ram.stats["activation_bytes_per_image"] == 4800
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_images_and_labels_of_different_lengths_are_refused(masked, real_clean):
+    x, y = real_clean
+    with pytest.raises(ValueError, match="120 images, 119 labels"):
+        sweep(masked, (x, y[:-1]))

@@ -1,0 +1,188 @@
+"""Large validation sets: streamed input and the activation cache in a memory-mapped file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_prune_guard import insert_channel_mask, prune
+from keras_prune_guard.activations import ActivationCache, MappedArray, collect
+from keras_prune_guard.data import lab_h5_dataset
+from keras_prune_guard.evaluate import evaluate
+from keras_prune_guard.surgery import split_at_mask
+from keras_prune_guard.sweep import sweep
+
+SHAPE = (55, 47, 3)
+
+
+@pytest.fixture()
+def masked(lab3_model):
+    return insert_channel_mask(lab3_model)
+
+
+@pytest.fixture(scope="module")
+def in_memory(csaw_dir, real_clean, real_sunglasses):
+    """The reference: the whole sweep from arrays in memory, activations in RAM."""
+    from keras_prune_guard.models import deepid
+
+    model = deepid()
+    model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
+    return sweep(insert_channel_mask(model), real_clean, poisoned=real_sunglasses,
+                 full_curve=True, record_predictions=True, batch_size=50)
+
+
+def test_streamed_file_with_a_file_cache_gives_the_in_memory_sweep(
+    masked, csaw_dir, real_sunglasses, in_memory, tmp_path
+):
+    cache = tmp_path / "cache"
+    seen = []
+
+    def progress(step, total, acc):  # the cache file exists while the sweep runs
+        seen.append(sorted(p.name for p in cache.iterdir()))
+
+    valid = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 37, image_shape=SHAPE,
+                           num_classes=1283)
+    result = sweep(masked, valid, poisoned=real_sunglasses, full_curve=True,
+                   record_predictions=True, batch_size=50, cache_dir=cache, progress=progress)
+    np.testing.assert_array_equal(result.predictions, in_memory.predictions)
+    assert result.order == in_memory.order
+    assert result.curve == in_memory.curve
+    assert {t: vars(s) for t, s in result.snapshots.items()} == {
+        t: vars(s) for t, s in in_memory.snapshots.items()
+    }
+    np.testing.assert_allclose(result.means, in_memory.means, rtol=1e-12)
+    assert result.stats["activation_cache"] == "file"
+    assert in_memory.stats["activation_cache"] == "memory"
+    assert result.stats["activation_bytes_per_image"] == 5 * 4 * 60 * 4 == 4800
+    assert result.stats["images"] == 120
+    # Two files (clean and poisoned activations) during the sweep, none after.
+    assert len(seen) == 60 and all(len(names) == 2 for names in seen)
+    assert all(name.startswith("kpg-activations-") for name in seen[0])
+    assert list(cache.iterdir()) == []
+
+
+def test_the_cache_file_is_removed_when_the_sweep_fails(masked, real_clean, tmp_path):
+    def stop(step, total, acc):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(masked, real_clean, cache_dir=tmp_path, progress=stop)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unlabelled_streamed_data_is_refused_and_leaves_no_file(masked, real_clean, tmp_path):
+    images_only = tf.data.Dataset.from_tensor_slices(real_clean[0]).batch(50)
+    with pytest.raises(ValueError, match="no labels"):
+        sweep(masked, images_only, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_collect_streams_a_generator_into_a_file(masked, real_clean, tmp_path):
+    x, y = real_clean
+    head, _ = split_at_mask(masked)
+
+    def generate():  # an iterable of batches: never all images at once
+        for start in range(0, len(x), 16):
+            yield x[start : start + 16], y[start : start + 16]
+
+    with collect(head, generate(), cache_dir=tmp_path) as streamed, \
+            collect(head, (x, y), batch_size=16) as reference:
+        assert isinstance(streamed.values, MappedArray) and streamed.cache.path.exists()
+        assert isinstance(reference.values, np.ndarray)
+        np.testing.assert_array_equal(streamed.values[:], reference.values)
+        np.testing.assert_array_equal(streamed.values[np.array([5, 1, 119])],
+                                      reference.values[[5, 1, 119]])
+        np.testing.assert_array_equal(streamed.labels, y)
+        np.testing.assert_array_equal(streamed.touched, reference.touched)
+        np.testing.assert_array_equal(streamed.means, reference.means)
+        assert streamed.values.nbytes == 120 * 4800
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_activation_cache_in_ram_and_in_a_file(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((n, 2, 3)).astype("float32") for n in (4, 1, 7)]
+    whole = np.concatenate(parts)
+    for kwargs in ({}, {"count": 12}, {"cache_dir": tmp_path / "new" / "dir"}):
+        with ActivationCache(**kwargs) as cache:
+            for part in parts:
+                cache.append(part)
+            rows = cache.finish()
+            assert rows.shape == (12, 2, 3) and len(rows) == 12
+            np.testing.assert_array_equal(rows[:], whole)
+            np.testing.assert_array_equal(rows[3:6], whole[3:6])
+    assert list((tmp_path / "new" / "dir").iterdir()) == []
+    with pytest.raises(ValueError, match="More activation rows than announced"):
+        ActivationCache(count=3).append(parts[0])
+    with pytest.raises(ValueError, match="differ in shape"):
+        cache = ActivationCache()
+        cache.append(parts[0])
+        cache.append(np.zeros((1, 3, 2), "float32"))
+    with pytest.raises(ValueError, match="empty"):
+        ActivationCache().finish()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cache_dir .*file.* is a file; expected a folder"):
+        ActivationCache(tmp_path / "file")
+
+
+def test_prune_and_evaluate_take_streamed_files(lab3_model, csaw_dir, in_memory, tmp_path):
+    clean_file = csaw_dir / "real_clean_faces.h5"
+    result = prune(lab3_model, lab_h5_dataset(clean_file, 64), None, thresholds=[4],
+                   cache_dir=tmp_path)
+    assert result.sweep.snapshots[4.0].pruned_channels == \
+        in_memory.snapshots[4.0].pruned_channels
+    b_prime = result.snapshots[4.0]
+    streamed = evaluate(b_prime, lab_h5_dataset(clean_file, 64),
+                        lab_h5_dataset(csaw_dir / "real_sunglasses_faces.h5", 64))
+    assert streamed["test_accuracy"] == pytest.approx(in_memory.snapshots[4.0].valid_accuracy)
+    assert streamed["attack_success"] == pytest.approx(in_memory.snapshots[4.0].attack_success)
+
+
+def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_prune_guard.cli", "repair",
+         "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+         "--valid", str(csaw_dir / "real_clean_faces.h5"),
+         "--test", str(csaw_dir / "real_clean_faces.h5"),
+         "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5"),
+         "--stream", "--activation-cache", str(cache), "--strategy", "mirrored",
+         "--thresholds", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ranking the streamed validation images" in done.stdout
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["ranking"] == in_memory.order
+    row = summary["rows"][0]
+    assert row["pruned_channels"] == in_memory.snapshots[4.0].pruned_channels
+    accuracy = in_memory.snapshots[4.0].valid_accuracy
+    assert row["repaired"]["test_accuracy"] == pytest.approx(accuracy)
+    assert (out / "goodnet_X4" / "saved_model.pb").is_file()
+    assert (out / "report" / "saliency.png").is_file()  # first images taken from the stream
+    assert list(cache.iterdir()) == []
+
+
+def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys):
+    import h5py
+
+    from keras_prune_guard.cli import main
+
+    data = np.full((5, 3, 55, 47), 100.0, dtype="float32")
+    data[3, 0, 10, 10] = 512.0  # read only when its batch comes through tf.data
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["data"], f["label"] = data, np.zeros(5, "int64")
+    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"), "--valid",
+                 str(bad), "--stream", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}: field `data`: found pixel values 100.0..512.0 in image 3" in err
+    assert "Traceback" not in err
