@@ -10,7 +10,6 @@ from pathlib import Path
 from keras_prune_guard.data import DataError, lab_h5_dataset, load_images, load_inputs, load_lab_h5
 from keras_prune_guard.evaluate import (
     evaluate,
-    input_shape_of,
     load_model_for_eval,
     predict_classes,
 )
@@ -112,7 +111,7 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
             raise ValueError("eval --images needs --model MODEL (a SavedModel folder, .keras "
                              "or .h5). Received: no --model")
         model = load_model_for_eval(args.model_path, safe_mode=safe)
-        shape = input_shape_of(model)
+        shape = image_shape_of(model)
         if Path(args.images).suffix.lower() in (".h5", ".hdf5"):
             x = load_lab_h5(args.images, image_shape=shape)[0]
             names = [f"{args.images}[{i}]" for i in range(len(x))]
@@ -126,7 +125,7 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
                          f"--model MODEL. Received: {args.files}")
     clean_path, poisoned_path, model_path = args.files
     model = load_model_for_eval(model_path, safe_mode=safe)
-    shape = input_shape_of(model)
+    shape = image_shape_of(model)
     clean = load_lab_h5(clean_path, image_shape=shape)
     poisoned = load_lab_h5(poisoned_path, image_shape=shape)
     scores = evaluate(model, clean, poisoned)

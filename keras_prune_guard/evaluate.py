@@ -9,8 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.distribute import batches, map_batches
-from keras_prune_guard.ranking import compiled_forward
+from keras_prune_guard.distribute import batches, compiled_forward, map_batches
 
 
 class ServedModel:

@@ -14,7 +14,7 @@ import h5py
 import keras
 from keras import layers
 
-from keras_prune_guard.surgery import copy_weights_by_name
+from keras_prune_guard.surgery import as_functional, copy_weights_by_name
 
 #: Input shape of the CSAW-HackML DeepID network (height, width, channels).
 DEEPID_INPUT_SHAPE = (55, 47, 3)
@@ -442,11 +442,9 @@ def _graph_kind(model) -> str | None:
 
 
 def _flat_functional(model: keras.Model, path) -> keras.Model:
-    kind = _graph_kind(model)
-    if kind is None:  # a subclassed model (such as a saved GoodNet): usable as it is
+    if _graph_kind(model) is None:  # a subclassed model (such as a saved GoodNet): as it is
         return model
-    if kind == "Sequential":
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    model = as_functional(model)
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
         warnings.warn(

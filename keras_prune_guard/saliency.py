@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.surgery import as_functional
 
 #: Methods understood by `saliency_maps`.
 METHODS = ("saliency", "smoothgrad", "gradcam")
@@ -107,9 +108,7 @@ def make_visualizer(model: keras.Model, method: str = "saliency") -> Any:
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
     cls = Gradcam if method == "gradcam" else Saliency
-    graph = model
-    if not hasattr(model, "output_names"):  # Sequential: ReplaceToLinear needs output names
-        graph = keras.Model(model.inputs, model.outputs, name=model.name)
+    graph = as_functional(model)  # ReplaceToLinear needs a functional model's output names
     vis = cls(graph, model_modifier=ReplaceToLinear(), clone=True)
     _check_masks_survived(model, vis.model)
     return vis

@@ -126,8 +126,7 @@ def insert_channel_mask(
             f"Model '{model.name}' already has a ChannelMask "
             f"('{find_channel_mask(model).name}'); prune that one instead."
         )
-    if isinstance(model, keras.Sequential):  # call_function needs a functional graph
-        model = _as_functional(model)
+    model = as_functional(model)  # call_function needs a functional graph
     target = channel_layer(model, after)
     mask = ChannelMask(pruned_channels=pruned_channels, name=f"{target.name}_mask")
 
@@ -140,12 +139,20 @@ def insert_channel_mask(
     return clone
 
 
-def _as_functional(model: keras.Sequential) -> keras.Model:
-    """The same layers (shared, not copied) wired as a functional model."""
-    x = inputs = keras.Input(shape=model.input_shape[1:], name=f"{model.name}_input")
-    for layer in model.layers:
-        x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+def as_functional(model: keras.Model) -> keras.Model:
+    """A Sequential model's layers (shared, not copied) as a functional model.
+
+    Other models are returned unchanged. Tools that walk a layer graph
+    (`clone_model(call_function=...)`, tf-keras-vis) need the functional form.
+
+    Example:
+
+    >>> as_functional(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])).layers
+    """
+    if not isinstance(model, keras.Sequential):
+        return model
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def find_channel_mask(model: keras.Model) -> ChannelMask:
