@@ -1,23 +1,34 @@
 """keras-prune-guard: repair backdoored Keras classifiers by pruning, flag triggered inputs.
 
-The flow, one module per arrow:
-B -> `insert_channel_mask` (surgery) -> `channel_ranking` (ranking) -> `sweep` (sweep)
--> B' snapshots (`PruningCallback`, `prune`: callbacks) -> `GoodNetModel` (goodnet)
--> `export_goodnet` (export) -> `evaluate` (evaluate) -> report / saliency.
+The flow, one module per arrow, one `PruneConfig` travelling the whole way:
+B -> `insert_channel_mask` (surgery) -> activations entering the mask (activations)
+-> `rank_channels` (ranking) -> `sweep` (sweep) -> B' snapshots (`prune`, `PruningCallback`)
+-> (`fine_tune`: B'') -> `GoodNetModel` (goodnet) -> `export_goodnet` (export)
+-> `evaluate` (evaluate) -> `repair` returns a `RepairResult` -> report / saliency.
 
 Importing the package registers `ChannelMask` and `GoodNetModel` with Keras, so
 `keras.saving.load_model` reads the `.keras` files this package writes.
 """
 
-from keras_prune_guard.callbacks import PruningCallback, PruningResult, prune
+from keras_prune_guard.callbacks import PruningCallback
+from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
 from keras_prune_guard.finetune import fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.models import deepid, load_network
+from keras_prune_guard.prune import PruningResult, prune
 from keras_prune_guard.ranking import channel_ranking, rank_channels
 from keras_prune_guard.repair import repair
+from keras_prune_guard.results import (
+    CurvePoint,
+    RepairResult,
+    Scores,
+    Snapshot,
+    SweepResult,
+    ThresholdResult,
+)
 from keras_prune_guard.surgery import (
     find_channel_mask,
     insert_channel_mask,
@@ -26,16 +37,24 @@ from keras_prune_guard.surgery import (
     split_at_mask,
     strip_channel_mask,
 )
-from keras_prune_guard.sweep import SweepResult, sweep
+from keras_prune_guard.sweep import sweep
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ChannelMask",
+    "CurvePoint",
+    "FineTuneConfig",
     "GoodNetModel",
+    "PruneConfig",
     "PruningCallback",
     "PruningResult",
+    "RepairResult",
+    "RunOptions",
+    "Scores",
+    "Snapshot",
     "SweepResult",
+    "ThresholdResult",
     "channel_ranking",
     "deepid",
     "evaluate",

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from keras_prune_guard.config import FineTuneConfig, PruneConfig
+
 EPILOG = """examples:
   keras-prune-guard demo
   keras-prune-guard demo --fine-tune-epochs 5
@@ -17,8 +19,9 @@ EPILOG = """examples:
 """
 
 
-# keras_prune_guard.finetune.DEFAULT_LEARNING_RATE, restated so that --help imports no Keras.
-FINE_TUNE_LR = 1e-4
+# Defaults and choices come from the configuration (config.py imports no Keras).
+#: 0.1 option spellings still accepted for this release (one line on stderr).
+RENAMED_OPTIONS = {"--cache-dir": "--benchmark-cache"}
 
 
 def _thresholds(text: str) -> float:
@@ -67,22 +70,58 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+# Options whose text needs more than a type to check (the rest: int, str, bool, choices).
+_PARSERS = {"thresholds": _thresholds, "epochs": _epochs, "learning_rate": _learning_rate}
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" for v in value)
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_config_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One option per field of the configuration `cls`, from its field metadata.
+
+    A new `PruneConfig` field with `metadata={"help": ...}` is a new CLI option: nothing
+    here names the fields. Values are checked by the configuration's constructor.
+    """
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flag = meta.get("cli", "--" + f.name.replace("_", "-"))
+        kwargs = {"dest": prefix + f.name, "default": f.default,
+                  "help": f"{meta.get('help', '')} (default: {_default_text(f.default)})"}
+        if isinstance(f.default, bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _PARSERS.get(f.name, type(f.default) if f.default is not None
+                                          else str)
+            if isinstance(f.default, tuple):
+                kwargs.update(nargs="+", type=_PARSERS[f.name], default=list(f.default))
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+            if "metavar" in meta:
+                kwargs["metavar"] = meta["metavar"]
+        p.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
+    """The configuration `cls` built (and so checked) once from the parsed options."""
+    import dataclasses
+
+    values = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
-    p.add_argument("--fine-tune-epochs", type=_epochs, default=0, metavar="E",
-                   help="fine-pruning: also train a copy of each B' for E epochs on clean "
-                   "data with the pruned channels kept at zero, giving B'' (written as "
-                   "bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ and .keras, "
-                   "and reported next to B'). 0 = pruning only (default: 0)")
+    add_config_args(p, FineTuneConfig, prefix="fine_tune_")
     if data:
         p.add_argument("--fine-tune-data", default=None, metavar="FILE",
                        help="clean labelled data (lab HDF5) to fine-tune on (default: the "
                        "--valid data, as the Fine-Pruning paper does); needs "
                        "--fine-tune-epochs")
-    p.add_argument("--fine-tune-lr", type=_learning_rate, default=None, metavar="LR",
-                   help="initial Adam learning rate of the fine-tuning, cosine-decayed to 0 "
-                   f"(default: {FINE_TUNE_LR:g}, which restores clean accuracy; larger rates "
-                   "such as 1e-2 also erased the built-in benchmark's backdoor but wreck a "
-                   "network fine-tuned on a few hundred images)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -116,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole defense on the built-in face benchmark")
     demo.add_argument("--out", default="saved_models", help="output folder (default: "
                       "saved_models)")
-    demo.add_argument("--cache-dir", default=None, help="where generated data and the "
+    demo.add_argument("--benchmark-cache", "--cache-dir", dest="benchmark_cache", default=None,
+                      help="where generated data and the "
                       "trained BadNet are cached (default: $KERAS_PRUNE_GUARD_CACHE or "
-                      "~/.cache/keras-prune-guard)")
+                      "~/.cache/keras-prune-guard; --cache-dir is its deprecated 0.1 name)")
     demo.add_argument("--identities", type=int, default=None,
                       help="number of face identities (classes) of the benchmark "
                       "(default: 200)")
@@ -126,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training faces per identity (default: 25)")
     demo.add_argument("--epochs", type=int, default=None,
                       help="epochs of BadNet training (default: 12)")
-    demo.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
-                      help="accuracy drops X in percentage points (default: 2 4 10)")
+    add_config_args(demo, PruneConfig)
     _add_fine_tune_args(demo, data=False)
 
     rep = sub.add_parser(
@@ -143,25 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(rep)
     rep.add_argument("--valid", required=True, help="clean validation data, lab HDF5 layout "
                      "(data (N,3,H,W), label)")
-    rep.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
-                     help="accuracy drops X in percentage points (default: 2 4 10)")
-    rep.add_argument("--after", default=None, help="layer whose output channels are pruned "
-                     "(default: the last pooling layer, pool_3 on DeepID)")
-    rep.add_argument("--order", default="ascending", choices=["ascending", "descending"],
-                     help="pruning order by mean activation: ascending = least active first, "
-                     "as the Fine-Pruning paper and the public lab solutions do (default); "
-                     "descending = the handout's literal words")
-    rep.add_argument("--relative", action="store_true", help="X is a percentage of the "
-                     "original accuracy instead of absolute percentage points")
-    rep.add_argument("--keep", default="first_below", choices=["first_below", "last_within"],
-                     help="which network a threshold keeps: the first at least X below the "
-                     "original (default, the lab's rule) or the last still within X")
+    add_config_args(rep, PruneConfig)
     rep.add_argument("--test", default=None, help="clean test data (lab HDF5) to score B, "
                      "each B' and each GoodNet")
     rep.add_argument("--poisoned", default=None, help="poisoned test data (lab HDF5; label = "
                      "attacker's target) for the attack success rate")
-    rep.add_argument("--full-curve", action="store_true", help="prune every channel instead "
-                     "of stopping after the largest threshold")
     rep.add_argument("--trigger-region", type=_region, default=None,
                      help="ROW_START,ROW_STOP,COL_START,COL_STOP of the trigger, for the "
                      "saliency share (the lab's sunglasses: 15,35,0,47)")
@@ -218,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `keras-prune-guard` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for old, new in RENAMED_OPTIONS.items():
+        if any(a == old or a.startswith(old + "=") for a in argv):
+            print(f"keras-prune-guard: warning: {old} is deprecated since 0.2; use {new}",
+                  file=sys.stderr)
     args = build_parser().parse_args(argv)
     # Quiet TensorFlow's C++ start-up chatter for CLI users (only here, never on import).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

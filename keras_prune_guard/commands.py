@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from keras_prune_guard.cli import config_from_args
+from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
 from keras_prune_guard.data import DataError, lab_h5_dataset, load_images, load_inputs, load_lab_h5
 from keras_prune_guard.evaluate import (
     evaluate,
@@ -16,7 +18,6 @@ from keras_prune_guard.evaluate import (
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.repair import repair as run_repair
 from keras_prune_guard.surgery import channel_layer
-from keras_prune_guard.sweep import check_thresholds
 
 
 def _read_for(model, path: str | None):
@@ -53,14 +54,22 @@ def _data_errors(run):
         raise DataError(text.split("DataError: ", 1)[1].split("\n", 1)[0]) from err
 
 
-def _learning_rate(args: argparse.Namespace) -> float:
-    from keras_prune_guard.finetune import DEFAULT_LEARNING_RATE
-
-    return DEFAULT_LEARNING_RATE if args.fine_tune_lr is None else args.fine_tune_lr
+def _configs(args: argparse.Namespace) -> tuple[PruneConfig, FineTuneConfig]:
+    """The defense's configuration, built and checked once from the options."""
+    return config_from_args(PruneConfig, args), config_from_args(FineTuneConfig, args,
+                                                                 "fine_tune_")
 
 
 def repair(args: argparse.Namespace) -> int:
     """`keras-prune-guard repair`: see `build_parser` for the options."""
+    config, tuning = _configs(args)  # argument errors before reading any file
+    if args.fine_tune_data is not None and not tuning.epochs:
+        raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
+                         "(E >= 1); received --fine-tune-epochs 0")
+    if args.stream and tuning.epochs and args.fine_tune_data is None:
+        raise ValueError("--stream with --fine-tune-epochs needs --fine-tune-data FILE (read "
+                         "into memory for training); received no --fine-tune-data")
+    run = RunOptions(strategy=_strategy(args.strategy), activation_cache=args.activation_cache)
     model = load_network(
         args.model,
         weights_path=args.weights,
@@ -68,37 +77,23 @@ def repair(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         safe_mode=not args.unsafe_deserialization,
     )
-    check_thresholds(args.thresholds)  # argument errors before reading any data
-    channel_layer(model, args.after)
+    channel_layer(model, config.after)
     read = _stream_for if args.stream else _read_for
     valid = read(model, args.valid)
-    if args.fine_tune_data is not None and not args.fine_tune_epochs:
-        raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
-                         "(E >= 1); received --fine-tune-epochs 0")
-    if args.stream and args.fine_tune_epochs and args.fine_tune_data is None:
-        raise ValueError("--stream with --fine-tune-epochs needs --fine-tune-data FILE (read "
-                         "into memory for training); received no --fine-tune-data")
     _data_errors(lambda: run_repair(
         model,
         valid,
         args.out,
-        thresholds=args.thresholds,
-        after=args.after,
-        order=args.order,
-        relative=args.relative,
-        keep=args.keep,
+        config,
         test=read(model, args.test),
         poisoned=read(model, args.poisoned),
-        full_curve=args.full_curve,
-        trigger_region=args.trigger_region,
-        model_label=Path(args.model or args.weights).name,
-        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune=tuning,
         fine_tune_data=_read_for(model, args.fine_tune_data),
-        fine_tune_lr=_learning_rate(args),
         fine_tune_label=(None if args.fine_tune_data is None
                          else Path(args.fine_tune_data).name),
-        strategy=_strategy(args.strategy),
-        cache_dir=args.activation_cache,
+        trigger_region=args.trigger_region,
+        model_label=Path(args.model or args.weights).name,
+        run=run,
     ))
     return 0
 
@@ -129,8 +124,8 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     clean = load_lab_h5(clean_path, image_shape=shape)
     poisoned = load_lab_h5(poisoned_path, image_shape=shape)
     scores = evaluate(model, clean, poisoned)
-    print(f"Clean Classification accuracy: {scores['test_accuracy']:.4f}")
-    print(f"Attack Success Rate: {scores['attack_success']:.4f}")
+    print(f"Clean Classification accuracy: {scores.test_accuracy:.4f}")
+    print(f"Attack Success Rate: {scores.attack_success:.4f}")
     return 0
 
 
@@ -143,36 +138,36 @@ def demo(args: argparse.Namespace) -> int:
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
     kwargs = {key: value for key, value in sizes.items() if value is not None}
-    bench = ensure_benchmark(args.cache_dir, log=print, **kwargs)
+    config, tuning = _configs(args)
+    bench = ensure_benchmark(args.benchmark_cache, log=print, **kwargs)
     model = load_network(bench.model)
     info = json.loads(Path(bench.info).read_text())
     valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
-    summary = run_repair(
+    result = run_repair(
         model,
         valid,
         args.out,
-        thresholds=args.thresholds,
+        config,
         test=test,
         poisoned=bd_test,
+        fine_tune=tuning,
         trigger_region=tuple(info["trigger"]["bbox"]),
         model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_lr=_learning_rate(args),
     )
     print("Scoring the exported GoodNet SavedModels as examples/eval.py does:")
-    for row in summary["rows"]:
-        paths = [row["files"]["goodnet_savedmodel"]]
-        if row.get("fine_tuned"):
-            paths.append(row["fine_tuned"]["files"]["goodnet_savedmodel"])
+    for row in result.rows:
+        paths = [row.files["goodnet_savedmodel"]]
+        if row.fine_tuned is not None:
+            paths.append(row.fine_tuned.files["goodnet_savedmodel"])
         for path in paths:
             scores = evaluate(ServedModel(path), test, bd_test)
-            print(f"  {path}: clean accuracy {scores['test_accuracy']:.2f}%, "
-                  f"attack success {scores['attack_success']:.2f}%")
-    if args.fine_tune_epochs:
+            print(f"  {path}: clean accuracy {scores.test_accuracy:.2f}%, "
+                  f"attack success {scores.attack_success:.2f}%")
+    if tuning.epochs:
         from keras_prune_guard.report import fine_pruning_table
 
         print("Pruning only vs fine-pruning (clean test data / poisoned test data):")
-        print(fine_pruning_table(summary), end="")
+        print(fine_pruning_table(result), end="")
     print(f"Demo finished in {time.perf_counter() - start:.0f} s. Models in {args.out}/, "
           f"report in {args.out}/report/ (report.md, report.html, pruning_curve.png).")
     return 0

@@ -105,7 +105,7 @@ def _dataset(p: Path, f: h5py.File, field: str) -> h5py.Dataset:
 
 def check_labels(
     path, values: np.ndarray, *, offset: int = 0, num_classes: int | None = None,
-    field: str = "label",
+    field: str | None = "label",
 ) -> np.ndarray:
     """Checks class labels and returns them as int64.
 
@@ -114,7 +114,8 @@ def check_labels(
         values: the labels (any numeric dtype; floats must hold whole numbers).
         offset: index of `values[0]` in the file, so messages give file indices.
         num_classes: when given, labels must be in [0, num_classes).
-        field: dataset name for messages. Defaults to "label".
+        field: dataset name for messages (`None`: labels given as an array, not
+            a file). Defaults to "label".
 
     Returns:
         The labels as an int64 array.

@@ -9,7 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_prune_guard.config import deprecated
 from keras_prune_guard.distribute import batches, compiled_forward, map_batches
+from keras_prune_guard.inputs import check_images
+from keras_prune_guard.results import Scores
 
 
 class ServedModel:
@@ -64,67 +67,6 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
     from keras_prune_guard.models import load_network
 
     return load_network(path, safe_mode=safe_mode)
-
-
-def input_shape_of(model) -> tuple:
-    """The (H, W, C) image shape a Keras or served model takes."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    return tuple(shape[1:])
-
-
-def check_images(model, x: np.ndarray, what: str = "images") -> None:
-    """Raises ValueError unless `x` is (N, H, W, C) finite pixels with the model's H, W, C.
-
-    Checked before any model call, so a wrong file never yields made-up classes
-    (a NaN image would otherwise come out as class 0, the lab's attack target).
-
-    Args:
-        model: a Keras or served model.
-        x: the images.
-        what: how to name the images in the message (a file name). Defaults to
-            "images".
-
-    Raises:
-        ValueError: naming `what`, the shape or value found and the (N, H, W, C)
-            shape the model expects.
-
-    Example:
-
-    >>> check_images(served, np.zeros((2, 55, 47, 1)), "grey.h5")
-    ValueError: grey.h5: images of shape (55, 47, 1) ...
-    """
-    expected = input_shape_of(model)
-    shape = tuple(np.shape(x))
-    found = shape[1:]
-    wants = f"(N, {', '.join(str(d) for d in expected)})"
-    if len(shape) != len(expected) + 1 or any(
-        e is not None and e != f for e, f in zip(expected, found)
-    ):
-        hint = ""
-        if len(found) == 3 and len(expected) == 3 and found[0] == expected[-1] \
-                and tuple(found[1:]) == tuple(expected[:2]):
-            hint = " They look channels-first (N, C, H, W): transpose them to (N, H, W, C)."
-        raise ValueError(
-            f"{what}: images of shape {found} (rank {len(shape)}, batch shape {shape}) do not "
-            f"fit model '{getattr(model, 'name', '?')}', which expects {wants} channels-last "
-            f"images.{hint}"
-        )
-    x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{what}: images of dtype {x.dtype}; model '{getattr(model, 'name', '?')}' expects "
-            f"numeric pixels {wants} (raw 0..255)."
-        )
-    if x.dtype.kind == "f" and x.size:
-        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            raise ValueError(
-                f"{what}: image {i} holds {x[i][~np.isfinite(x[i])].flat[0]}; model "
-                f"'{getattr(model, 'name', '?')}' expects finite pixel values (raw 0..255)."
-            )
 
 
 def predict_classes(
@@ -194,50 +136,53 @@ def rate(mask: np.ndarray) -> float:
 
 def evaluate(
     model,
-    clean=None,
+    test=None,
     poisoned=None,
     *,
     flag_class: int | None = None,
     batch_size: int = 1024,
     strategy: tf.distribute.Strategy | None = None,
-) -> dict:
-    """Scores a model on clean and poisoned data, in percent.
+    clean=None,
+) -> Scores:
+    """Scores a model on clean test data and poisoned data, in percent.
 
     Args:
         model: a Keras model or a `ServedModel`.
-        clean: `(x, y)` clean test images and true labels. Defaults to `None`.
+        test: `(x, y)` clean test images and true labels. Defaults to `None`.
         poisoned: `(x, y_target)` triggered images and the attacker's target
             label per image (attack success is per image, so multi-target files
             work). Defaults to `None`.
         flag_class: the GoodNet's "backdoored input" class N; when given,
             `detection_rate` (poisoned flagged) and `false_alarm_rate` (clean
-            flagged) are reported. Defaults to `None`.
+            flagged) are measured. Defaults to `None`.
         batch_size: images per call. Defaults to 1024.
         strategy: run the passes under this `tf.distribute` strategy. Defaults
             to `None`.
+        clean: the 0.1 name of `test` (deprecated).
 
-    `clean` and `poisoned` may also be `tf.data.Dataset`s of `(x, y)` batches
+    `test` and `poisoned` may also be `tf.data.Dataset`s of `(x, y)` batches
     (e.g. `data.lab_h5_dataset`), read batch by batch.
 
     Returns:
-        A dict with `test_accuracy`, `attack_success` and, with `flag_class`,
+        `Scores`: `test_accuracy`, `attack_success` and, with `flag_class`,
         `detection_rate` and `false_alarm_rate` (None where not measured).
 
     Example:
 
-    >>> evaluate(goodnet, (x_test, y_test), (x_bd, y_bd), flag_class=1283)
+    >>> evaluate(goodnet, (x_test, y_test), (x_bd, y_bd), flag_class=1283).detection_rate
     """
-    scores = {"test_accuracy": None, "attack_success": None}
-    if flag_class is not None:
-        scores.update(detection_rate=None, false_alarm_rate=None)
     if clean is not None:
-        pred, y = _classes_and_labels(model, clean, batch_size, "clean images", strategy)
-        scores["test_accuracy"] = rate(pred == y)
+        deprecated("evaluate(clean=...)", "evaluate(test=...)")
+        test = clean
+    scores = Scores()
+    if test is not None:
+        pred, y = _classes_and_labels(model, test, batch_size, "clean images", strategy)
+        scores.test_accuracy = rate(pred == y)
         if flag_class is not None:
-            scores["false_alarm_rate"] = rate(pred == flag_class)
+            scores.false_alarm_rate = rate(pred == flag_class)
     if poisoned is not None:
         pred, y = _classes_and_labels(model, poisoned, batch_size, "poisoned images", strategy)
-        scores["attack_success"] = rate(pred == y)
+        scores.attack_success = rate(pred == y)
         if flag_class is not None:
-            scores["detection_rate"] = rate(pred == flag_class)
+            scores.detection_rate = rate(pred == flag_class)
     return scores

@@ -5,21 +5,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_prune_guard.config import (
+    DEFAULT_FINE_TUNE_BATCH_SIZE,
+    DEFAULT_LEARNING_RATE,
+    FineTuneConfig,
+    deprecated,
+)
 from keras_prune_guard.surgery import find_channel_mask, pruned_copy
 
-DEFAULT_LEARNING_RATE = 1e-4
-"""Initial Adam learning rate of `fine_tune` (cosine-decayed to 0 over the run).
-
-Small, so that fine-tuning never wrecks a trained network, even on a few hundred images.
-Measured with `keras-prune-guard demo` (built-in benchmark, 1,800 clean validation faces,
-X = 2, 4, 10): 5 epochs at 1e-4 bring the pruned networks' clean test accuracy from 84-93%
-back to 97-98% but leave the backdoor (attack success 93-99%); 8 epochs at 1e-2 erase it
-(attack success 0.00%, clean accuracy 92.8-93.9%, the original's 96.5%). On the lab3 network
-with only its 120 real clean faces, 5 epochs at 1e-2 destroy it (accuracy 10-60% on the very faces
-it was tuned on) while 1e-4..3e-3 keep it. Choose the rate for your data
-(`repair --fine-tune-lr`)."""
-DEFAULT_BATCH_SIZE = 32
-"""Images per training step of `fine_tune`."""
+# The defaults live in config.FineTuneConfig; restated here under their 0.1 names.
+DEFAULT_BATCH_SIZE = DEFAULT_FINE_TUNE_BATCH_SIZE
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -68,39 +63,33 @@ def check_data(model: keras.Model, data, what: str) -> Data:
 
 def fine_tune(
     b_prime: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
+    data,
+    config: FineTuneConfig | None = None,
+    *legacy,
     validation: Data | None = None,
     verbose: int = 0,
+    **options,
 ) -> keras.Model:
     """Fine-tunes an independent copy of the pruned network B' on clean data: B''.
 
     The copy keeps B''s `ChannelMask`; the mask is a non-trainable weight, so the
     pruned channels stay exactly zero through training while every other weight
     may change. B' itself is never modified. The optimizer is Adam whose
-    learning rate decays from `learning_rate` to 0 along a cosine over all the
-    steps (so a large rate ends on a settled network rather than mid-jump), the
+    learning rate decays from `config.learning_rate` to 0 along a cosine over all
+    the steps (so a large rate ends on a settled network rather than mid-jump), the
     loss sparse categorical cross-entropy. Training is seeded
-    (`keras.utils.set_random_seed(seed)`, which also seeds Python and NumPy).
+    (`keras.utils.set_random_seed(config.seed)`, which also seeds Python and NumPy).
 
     Args:
         b_prime: the pruned network B', a functional model holding one `ChannelMask`.
-        x: clean training images (N, H, W, C) in the model's pixel range (raw
-            0..255 for every model this package builds).
-        y: their integer labels (N,).
-        epochs: training epochs (>= 1).
-        learning_rate: initial Adam learning rate (cosine-decayed to 0).
-            Defaults to `DEFAULT_LEARNING_RATE` (1e-4; see its notes).
-        batch_size: images per step. Defaults to `DEFAULT_BATCH_SIZE` (32).
-        seed: random seed of the shuffling and dropout. Defaults to 0.
+        data: clean training data `(x, y)`: images (N, H, W, C) in the model's pixel
+            range (raw 0..255 for every model this package builds), integer labels.
+        config: epochs (>= 1 here), learning rate, batch size and seed
+            (`FineTuneConfig`). Defaults to `None` (fields from `**options`).
         validation: optional clean `(x, y)` monitored by `fit` (reported in
             `model.history`). Defaults to `None`.
         verbose: `fit`'s verbosity. Defaults to 0.
+        **options: `FineTuneConfig` fields one by one (e.g. `epochs=5`).
 
     Returns:
         B'': a new compiled functional model named `<B' name>_ft`, with the same
@@ -113,29 +102,31 @@ def fine_tune(
 
     Example:
 
-    >>> b_prime = prune(bad_model, x_valid, y_valid).snapshots[4.0]
-    >>> b_second = fine_tune(b_prime, x_valid, y_valid, epochs=5)
+    >>> b_prime = prune(bad_model, (x_valid, y_valid)).snapshots[4.0]
+    >>> b_second = fine_tune(b_prime, (x_valid, y_valid), FineTuneConfig(epochs=5))
     >>> pruned = find_channel_mask(b_prime).pruned_channels()
     >>> find_channel_mask(b_second).pruned_channels() == pruned
     True
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0. Received: learning_rate={learning_rate!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
-        batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+    if config is not None and not isinstance(config, FineTuneConfig):
+        deprecated("fine_tune(b_prime, x, y, ...)", "fine_tune(b_prime, (x, y), ...)")
+        data, config = (data, config), None
+    if legacy:
+        raise TypeError("fine_tune() takes (b_prime, data, config) and keyword options; "
+                        f"received {len(legacy)} extra positional argument(s)")
+    config = (config or FineTuneConfig()).replace(**options) if options else (
+        config or FineTuneConfig())
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be a positive integer. Received: epochs={config.epochs}")
     pruned = find_channel_mask(b_prime).pruned_channels()
-    x, y = check_data(b_prime, (x, y), "fine-tuning data")
+    x, y = check_data(b_prime, data, "fine-tuning data")
     if validation is not None:
         validation = check_data(b_prime, validation, "validation")
 
-    keras.utils.set_random_seed(int(seed))
+    keras.utils.set_random_seed(config.seed)
     b_second = pruned_copy(b_prime, pruned, name=f"{b_prime.name}_ft")
-    steps = int(epochs) * -(-len(x) // int(batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate), steps)
+    steps = config.epochs * -(-len(x) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
     b_second.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
@@ -144,8 +135,8 @@ def fine_tune(
     b_second.fit(
         x,
         y,
-        epochs=int(epochs),
-        batch_size=int(batch_size),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
         shuffle=True,
         validation_data=validation,
         verbose=verbose,
@@ -153,4 +144,5 @@ def fine_tune(
     return b_second
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "check_data", "fine_tune"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig", "check_data",
+           "fine_tune"]

@@ -179,7 +179,7 @@ class GoodNetModel(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
+            **super().get_config(),
             "networks": keras.saving.serialize_keras_object(self.networks),
         }
 

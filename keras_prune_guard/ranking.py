@@ -8,10 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.distribute import batches, compiled_forward, map_batches
+from keras_prune_guard.config import ORDERS
+from keras_prune_guard.distribute import batches, compiled_forward
 
-#: Orders `rank_channels` accepts.
-ORDERS = ("ascending", "descending")
 #: Means closer than this share of the largest |mean| are ties (broken by channel index).
 TIE_TOLERANCE = 1e-6
 
@@ -129,7 +128,8 @@ def channel_ranking(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks the channels entering a mask by mean activation over `data`.
 
-    Streams `data` through `head` in batches and keeps only running sums.
+    The same pass the sweep makes (`activations.collect`): `data` streams through
+    `head` in batches; the means are its float64 channel sums over images and positions.
 
     Args:
         head: the part of the network before the mask (see `split_at_mask`).
@@ -148,8 +148,11 @@ def channel_ranking(
     >>> head, _ = split_at_mask(insert_channel_mask(model))
     >>> ranking, means = channel_ranking(head, x_valid)
     """
-    outputs = map_batches(head, data, strategy=strategy, batch_size=batch_size)
-    means = activation_means(out for out, _ in outputs)
+    from keras_prune_guard.activations import collect
+
+    # The sweep's own pass (activations.collect), so the two can never rank differently.
+    with collect(head, data, batch_size=batch_size, strategy=strategy) as acts:
+        means = acts.means
     return rank_channels(means, order), means
 
 

@@ -1,56 +1,69 @@
-"""The whole defense in one call: B -> sweep -> B' per X (-> B'' fine-tuned) -> GoodNets -> files
--> report."""
+"""The whole defense as a few named steps: prune, write, score, fine-tune, report.
+
+`repair` checks every argument, then: `prune` (the sweep and B' per X), for each X
+`write_models` (B', its GoodNet) and `score` (B', G on test and poisoned data),
+optionally `fine_tune_row` (B'' and G''), and `write_report` (the saliency figure and
+every report file). It returns a `RepairResult`, which report.json serialises.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from keras_prune_guard.atomic import clean_stale
-from keras_prune_guard.callbacks import prune
+from keras_prune_guard.config import (
+    FineTuneConfig,
+    PruneConfig,
+    RunOptions,
+    deprecated,
+    options_from,
+)
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
-from keras_prune_guard.finetune import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_LEARNING_RATE,
-    check_data,
-    fine_tune,
-)
+from keras_prune_guard.finetune import check_data, fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
+from keras_prune_guard.inputs import first_images, is_streamed, labelled_pairs
+from keras_prune_guard.prune import prune
+from keras_prune_guard.results import Baseline, FineTuned, RepairResult, Scores, ThresholdResult
 from keras_prune_guard.surgery import channel_layer
-from keras_prune_guard.sweep import DEFAULT_THRESHOLDS, check_thresholds
 
-Data = tuple[np.ndarray, np.ndarray]
+
+@dataclass
+class _Data:
+    """The data of one repair: validation, test, poisoned and fine-tuning sets."""
+
+    valid: object
+    test: object = None
+    poisoned: object = None
+    fine_tune: object = None
+    fine_tune_label: str | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.test is not None or self.poisoned is not None
 
 
 def repair(
     model: keras.Model,
-    valid: Data,
+    valid,
     out_dir: str | os.PathLike = "saved_models",
+    config: PruneConfig | None = None,
     *,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    after: str | None = None,
-    order: str = "ascending",
-    relative: bool = False,
-    keep: str = "first_below",
-    test: Data | None = None,
-    poisoned: Data | None = None,
-    full_curve: bool = False,
+    test=None,
+    poisoned=None,
+    fine_tune: FineTuneConfig | None = None,
+    fine_tune_data=None,
+    fine_tune_label: str | None = None,
     trigger_region: tuple[int, int, int, int] | None = None,
     model_label: str | None = None,
-    fine_tune_epochs: int = 0,
-    fine_tune_data: Data | None = None,
-    fine_tune_lr: float = DEFAULT_LEARNING_RATE,
-    fine_tune_label: str | None = None,
-    log: Callable[[str], None] = print,
-    strategy=None,
-    cache_dir: str | os.PathLike | None = None,
-) -> dict:
-    """Repairs B at every threshold, writes the models and the report, returns the summary.
+    run: RunOptions | None = None,
+    **options,
+) -> RepairResult:
+    """Repairs B at every threshold, writes the models and the report, returns the result.
 
     For each threshold X it writes into `out_dir`: `bprime_X{X}.keras` (B' with
     its ChannelMask), `bprime_X{X}.h5` (the mask folded into the weights, plain
@@ -58,41 +71,36 @@ def repair(
     report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. Every file
     is written to a temporary name and renamed into place.
 
-    With `fine_tune_epochs` E > 0 it also fine-prunes: for each X an independent
-    copy of B' is trained E epochs on clean data (the mask frozen, see
-    `fine_tune`), giving B''; it writes `bprime_ft_X{X}.keras`,
-    `bprime_ft_X{X}.h5`, `goodnet_ft_X{X}/` and `goodnet_ft_X{X}.keras` (a
-    GoodNet from B and B'', holding both networks), and adds a `fine_tuned`
-    entry to the row of X. With E = 0 nothing changes.
+    With `fine_tune=FineTuneConfig(epochs=E)`, E > 0, it also fine-prunes: for each
+    X an independent copy of B' is trained E epochs on clean data (the mask frozen,
+    see `fine_tune`), giving B''; it writes `bprime_ft_X{X}.keras`, `.h5`,
+    `goodnet_ft_X{X}/` and `goodnet_ft_X{X}.keras` (a GoodNet from B and B'',
+    holding both networks), and fills `fine_tuned` in the row of X.
 
     Args:
         model: the backdoored network B, taking raw 0..255 pixels.
-        valid: clean labelled validation data `(x, y)`.
+        valid: clean labelled validation data `(x, y)` or a stream of batches.
         out_dir: output folder. Defaults to "saved_models".
-        thresholds: accuracy drops X. Defaults to (2, 4, 10).
-        after: layer to mask. Defaults to `None` (the last pooling layer).
-        order, relative, keep, full_curve: as in `sweep`.
+        config: the defense's settings (`PruneConfig`). Defaults to `None`
+            (`PruneConfig()`).
         test: clean test data `(x, y)` to score B, each B' and each GoodNet.
             Defaults to `None`.
         poisoned: poisoned test data `(x, y_target)`; its attack success rate
             is also traced along the curve. Defaults to `None`.
+        fine_tune: fine-tuning settings (`FineTuneConfig`; epochs 0 = pruning
+            only). Defaults to `None` (pruning only).
+        fine_tune_data: clean `(x, y)` arrays to fine-tune on. Defaults to `None`,
+            meaning `valid` (as the Fine-Pruning paper does).
+        fine_tune_label: how to name the fine-tuning data in the report.
+            Defaults to `None` ("the validation data" or "fine_tune_data").
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.
-        fine_tune_epochs: epochs of fine-tuning of each B' (0: pruning only).
-            Defaults to 0.
-        fine_tune_data: clean `(x, y)` to fine-tune on. Defaults to `None`,
-            meaning `valid` (as the Fine-Pruning paper does).
-        fine_tune_lr: initial Adam learning rate of the fine-tuning (cosine
-            decay to 0). Defaults to `DEFAULT_LEARNING_RATE` (1e-4).
-        fine_tune_label: how to name the fine-tuning data in the report.
-            Defaults to `None` ("the validation data" or "fine_tune_data").
-        log: progress printer. Defaults to `print`.
-        strategy: a `tf.distribute` strategy for the passes over the data (the
-            sweep, every evaluation); results equal the single-device run.
-            Defaults to `None`.
-        cache_dir: keep the sweep's cached activations in a file in this folder
-            instead of RAM (see `sweep`). Defaults to `None`.
+        run: strategy, activation cache folder, verbosity (`RunOptions`).
+            Defaults to `None` (`RunOptions()`).
+        **options: `PruneConfig` / `RunOptions` fields one by one; the 0.1
+            keywords `fine_tune_epochs`, `fine_tune_lr`, `log`, `cache_dir` are
+            accepted with a `DeprecationWarning`.
 
     `valid`, `test` and `poisoned` may be `tf.data.Dataset`s of `(x, y)`
     batches (e.g. `data.lab_h5_dataset`), read batch by batch, so the images
@@ -100,140 +108,149 @@ def repair(
     `fine_tune_data` as arrays).
 
     Returns:
-        The report summary (see `keras_prune_guard.report`).
+        A `RepairResult` (report.json is its `to_dict()`).
 
     Example:
 
-    >>> summary = repair(bad_model, (x_valid, y_valid), "saved_models",
-    ...                  test=(x_test, y_test), poisoned=(x_bd, y_bd))
-    >>> "fine_tuned" in summary["rows"][1]  # no fine-tuning asked for
-    False
-    >>> summary = repair(bad_model, (x_valid, y_valid), fine_tune_epochs=5,
-    ...                  test=(x_test, y_test), poisoned=(x_bd, y_bd))
-    >>> summary["rows"][1]["fine_tuned"]["repaired"]["attack_success"]
+    >>> result = repair(bad_model, (x_valid, y_valid), "saved_models",
+    ...                 PruneConfig(thresholds=[2, 4, 10]),
+    ...                 test=(x_test, y_test), poisoned=(x_bd, y_bd))
+    >>> result.rows[1].goodnet.detection_rate
     """
-    if isinstance(fine_tune_epochs, bool) or not isinstance(fine_tune_epochs, int) or (
-        fine_tune_epochs < 0
-    ):
-        raise ValueError(
-            f"fine_tune_epochs must be an integer >= 0. Received: {fine_tune_epochs!r}"
-        )
-    if fine_tune_data is not None and fine_tune_epochs == 0:
-        raise ValueError(
-            "fine_tune_data was given but fine_tune_epochs=0, so it would not be used; "
-            "pass fine_tune_epochs >= 1 (or drop fine_tune_data)."
-        )
-    if fine_tune_epochs and not fine_tune_lr > 0:
-        raise ValueError(f"fine_tune_lr must be > 0. Received: fine_tune_lr={fine_tune_lr!r}")
-    if fine_tune_epochs and fine_tune_data is None and _streamed(valid):
-        raise ValueError(
-            "fine_tune_epochs needs the fine-tuning data in memory, and valid is a streamed "
-            "tf.data.Dataset: pass fine_tune_data=(x, y) arrays (or valid as arrays)."
-        )
-    if fine_tune_data is not None:  # fail before the sweep, not after it
-        fine_tune_data = check_data(model, fine_tune_data, fine_tune_label or "fine_tune_data")
-    if fine_tune_label is None:
-        fine_tune_label = "the validation data" if fine_tune_data is None else "fine_tune_data"
-    ft_data = valid if fine_tune_data is None else fine_tune_data
-    check_thresholds(thresholds)  # fail on arguments before any work
-    channel_layer(model, after)
+    fine_tune, say = _legacy_options(options, fine_tune)
+    config, run = options_from(config, run, options, "repair")
+    if say is not None:
+        run = _Logging(run, say)
+    num_classes = int(model.output_shape[-1])
+    data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
+                         fine_tune_label, num_classes)
+    channel_layer(model, config.after)
     out_dir = Path(out_dir)
     for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
-        log(f"Removed {leftover}, left by an interrupted run")
-    what = "the streamed validation images" if _streamed(valid) else \
-        f"{len(valid[0])} validation images"
-    log(f"Ranking {what} and sweeping the mask ...")
-    last = {"shown": -1}
+        run.log(f"Removed {leftover}, left by an interrupted run")
 
-    def progress(step, total, acc):
-        if step * 10 // total != last["shown"]:
-            last["shown"] = step * 10 // total
-            log(f"  step {step}/{total}: validation accuracy {acc:.2f}%")
-
-    result = prune(
-        model,
-        *((valid, None) if _streamed(valid) else valid),
-        thresholds,
-        after=after,
-        order=order,
-        relative=relative,
-        keep=keep,
-        poisoned=poisoned,
-        full_curve=full_curve,
-        progress=progress,
-        strategy=strategy,
-        cache_dir=cache_dir,
+    pruned = _prune(model, data, config, run)
+    swept = pruned.sweep
+    result = RepairResult(
+        model=model_label or model.name, layer=swept.layer, channels=swept.channels,
+        num_classes=num_classes, config=config,
+        baseline=_baseline(model, swept.baseline_valid_accuracy, data, run),
+        rows=[], curve=swept.curve, channel_order=swept.channel_order,
+        channel_means=swept.channel_means, warnings=list(swept.warnings),
     )
-    swept = result.sweep
-    num_classes = int(model.output_shape[-1])
-    baseline = {"valid_accuracy": swept.baseline_accuracy, "test_accuracy": None,
-                "attack_success": None}
-    if test is not None or poisoned is not None:
-        baseline.update(evaluate(model, test, poisoned, strategy=strategy))
-
-    rows, figure_models = [], {"B": model}
+    if fine_tune.epochs:
+        result.fine_tune, result.fine_tune_data = fine_tune, data.fine_tune_label
+        result.fine_tune_images = len(data.fine_tune[0])
+    figure_models = {"B": model}
     for t, snap in swept.snapshots.items():
         tag = f"X{t:g}"
-        b_prime = result.snapshots[t]
-        goodnet = GoodNetModel(model, b_prime, name=f"goodnet_{tag}")
-        files = write_models(b_prime, goodnet, out_dir, tag)
-        row = {
-            "threshold": t,
-            "reached": snap.reached,
-            "channels_pruned": snap.channels_pruned,
-            "fraction_pruned": snap.channels_pruned / swept.channels,
-            "valid_accuracy": snap.valid_accuracy,
-            "pruned_channels": snap.pruned_channels,
-            "repaired": None,
-            "goodnet": None,
-            "files": {k: str(v) for k, v in files.items()},
-        }
-        if test is not None or poisoned is not None:
-            row["repaired"] = evaluate(b_prime, test, poisoned, strategy=strategy)
-            row["goodnet"] = evaluate(goodnet, test, poisoned, flag_class=num_classes,
-                                      strategy=strategy)
-        rows.append(row)
+        b_prime = pruned.snapshots[t]
+        row = ThresholdResult(
+            threshold=t, reached=snap.reached, num_pruned=snap.num_pruned,
+            fraction_pruned=snap.fraction_pruned, valid_accuracy=snap.valid_accuracy,
+            pruned_channels=snap.pruned_channels,
+        )
+        row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, out_dir,
+                                                                data, run)
+        result.rows.append(row)
         figure_models[f"B' X={t:g}"] = b_prime
-        log(f"X={t:g}: {snap.channels_pruned}/{swept.channels} channels pruned, "
-            f"validation accuracy {snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
-        if fine_tune_epochs:
-            row["fine_tuned"] = _fine_tuned_row(
-                model, b_prime, tag, out_dir, ft_data, valid, test, poisoned,
-                epochs=fine_tune_epochs, learning_rate=fine_tune_lr, strategy=strategy,
-            )
-            figure_models[f"B'' X={t:g}"] = row["fine_tuned"].pop("model")
-            log(f"X={t:g}: fine-tuned B' for {fine_tune_epochs} epochs on "
-                f"{len(ft_data[0])} images: validation accuracy "
-                f"{row['fine_tuned']['valid_accuracy']:.2f}%"
-                f"{' (the data it was tuned on)' if fine_tune_data is None else ''}; wrote "
-                f"{out_dir / ('*_ft_' + tag)}*")
+        run.log(f"X={t:g}: {snap.num_pruned}/{swept.channels} channels pruned, "
+                f"validation accuracy {snap.valid_accuracy:.2f}%; wrote "
+                f"{out_dir / ('*_' + tag)}*")
+        if fine_tune.epochs:
+            row.fine_tuned, figure_models[f"B'' X={t:g}"] = fine_tune_row(
+                model, b_prime, tag, out_dir, data, fine_tune, run)
+    return write_report(result, out_dir, figure_models, data, trigger_region, run)
 
-    summary = {
-        "title": "keras-prune-guard repair report",
-        "model": model_label or model.name,
-        "layer": swept.layer,
-        "channels": swept.channels,
-        "num_classes": num_classes,
-        "order": swept.ranking,
-        "relative": swept.relative,
-        "keep": swept.keep,
-        "ranking": swept.order,
-        "channel_means": swept.means,
-        "baseline": baseline,
-        "rows": rows,
-        "curve": swept.curve,
-        "warnings": swept.warnings,
-    }
-    if fine_tune_epochs:
-        summary["fine_tune"] = {
-            "epochs": fine_tune_epochs,
-            "learning_rate": fine_tune_lr,
-            "batch_size": DEFAULT_BATCH_SIZE,
-            "optimizer": "adam, cosine decay",
-            "data": fine_tune_label,
-            "images": len(ft_data[0]),
-        }
-    return write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log)
+
+class _Logging(RunOptions):
+    """0.1's `log=` printer wrapped as run options (deprecated)."""
+
+    def __init__(self, run: RunOptions, say):
+        object.__setattr__(self, "_say", say)
+        super().__init__(strategy=run.strategy, activation_cache=run.activation_cache,
+                         verbose=run.verbose)
+
+    def log(self, message: str) -> None:
+        self._say(message)
+
+
+def _legacy_options(options: dict, fine_tune: FineTuneConfig | None):
+    """Pops the 0.1 keywords `fine_tune_epochs`, `fine_tune_lr` and `log` from `options`."""
+    say = options.pop("log", None)
+    if say is not None:
+        deprecated("repair(log=...)", "repair(run=RunOptions(verbose=...))", stacklevel=4)
+    epochs, lr = options.pop("fine_tune_epochs", None), options.pop("fine_tune_lr", None)
+    if epochs is None and lr is None:
+        return fine_tune or FineTuneConfig(), say
+    deprecated("repair(fine_tune_epochs=..., fine_tune_lr=...)",
+               "repair(fine_tune=FineTuneConfig(epochs=..., learning_rate=...))",
+               stacklevel=4)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 0):
+        raise ValueError(f"fine_tune_epochs must be an integer >= 0. Received: {epochs!r}")
+    fields = {"epochs": epochs, "learning_rate": lr}
+    return (fine_tune or FineTuneConfig()).replace(
+        **{k: v for k, v in fields.items() if v is not None}), say
+
+
+def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_tune_data,
+                  fine_tune_label, num_classes: int) -> _Data:
+    """Every data argument checked before any pass over the data."""
+    if fine_tune_data is not None and not fine_tune.epochs:
+        raise ValueError(
+            "fine_tune_data was given but fine_tune_epochs=0 (fine_tune.epochs), so it would "
+            "not be used; pass FineTuneConfig(epochs >= 1) (or drop fine_tune_data)."
+        )
+    if fine_tune.epochs and fine_tune_data is None and is_streamed(valid):
+        raise ValueError(
+            "fine-tuning needs its data in memory, and valid is a streamed tf.data.Dataset: "
+            "pass fine_tune_data=(x, y) arrays (or valid as arrays)."
+        )
+    data = _Data(
+        valid=labelled_pairs(valid, "valid", num_classes),
+        test=None if test is None else labelled_pairs(test, "test", num_classes),
+        poisoned=None if poisoned is None else labelled_pairs(poisoned, "poisoned",
+                                                               num_classes),
+    )
+    if fine_tune.epochs:
+        label = fine_tune_label or "fine_tune_data"
+        data.fine_tune = check_data(model, valid if fine_tune_data is None else fine_tune_data,
+                                    label)
+        data.fine_tune_label = fine_tune_label or (
+            "the validation data" if fine_tune_data is None else "fine_tune_data")
+    return data
+
+
+def _prune(model, data: _Data, config: PruneConfig, run: RunOptions):
+    what = "the streamed validation images" if is_streamed(data.valid) else \
+        f"{len(data.valid[0])} validation images"
+    run.log(f"Ranking {what} and sweeping the mask ...")
+    return prune(model, data.valid, config, poisoned=data.poisoned, run=run)
+
+
+def _baseline(model, valid_accuracy: float, data: _Data, run: RunOptions) -> Baseline:
+    baseline = Baseline(valid_accuracy=valid_accuracy)
+    if data.scored:
+        scores = score(model, data, run)
+        baseline.test_accuracy, baseline.attack_success = (scores.test_accuracy,
+                                                           scores.attack_success)
+    return baseline
+
+
+def score(model, data: _Data, run: RunOptions, flag_class: int | None = None) -> Scores | None:
+    """`evaluate` on the repair's test and poisoned data (None when it has neither)."""
+    if not data.scored:
+        return None
+    return evaluate(model, data.test, data.poisoned, flag_class=flag_class,
+                    strategy=run.strategy)
+
+
+def _write_and_score(model, repaired, tag: str, out_dir: Path, data: _Data, run: RunOptions):
+    """Writes B' (or B'') and its GoodNet for `tag`; returns files and both scores."""
+    goodnet = GoodNetModel(model, repaired, name=f"goodnet_{tag}")
+    files = {k: str(v) for k, v in write_models(repaired, goodnet, out_dir, tag).items()}
+    return files, score(repaired, data, run), score(goodnet, data, run, goodnet.num_classes)
 
 
 def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str) -> dict:
@@ -246,73 +263,47 @@ def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, ta
     }
 
 
-def _streamed(data) -> bool:
-    """True for data given as a dataset or iterable of batches rather than `(x, y)` arrays."""
-    return data is not None and not (isinstance(data, tuple) and hasattr(data[0], "shape"))
+def fine_tune_row(model, b_prime, tag: str, out_dir: Path, data: _Data,
+                  config: FineTuneConfig, run: RunOptions) -> tuple[FineTuned, keras.Model]:
+    """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both; returns B'' too."""
+    b_second = fine_tune(b_prime, data.fine_tune, config)
+    files, repaired, goodnet = _write_and_score(model, b_second, f"ft_{tag}", out_dir, data,
+                                                run)
+    row = FineTuned(
+        valid_accuracy=evaluate(b_second, data.valid, strategy=run.strategy).test_accuracy,
+        train_loss=[float(v) for v in b_second.history.history.get("loss", [])],
+        repaired=repaired, goodnet=goodnet, files=files,
+    )
+    tuned_on = " (the data it was tuned on)" if data.fine_tune_label == \
+        "the validation data" else ""
+    run.log(f"{tag.replace('X', 'X=')}: fine-tuned B' for {config.epochs} epochs on "
+            f"{len(data.fine_tune[0])} images: validation accuracy {row.valid_accuracy:.2f}%"
+            f"{tuned_on}; wrote {out_dir / ('*_ft_' + tag)}*")
+    return row, b_second
 
 
-def _first_images(data, count: int) -> np.ndarray:
-    """The first `count` images of `(x, y)` arrays or of a dataset of `(x, y)` batches."""
-    if not _streamed(data):
-        return data[0][:count]
-    from keras_prune_guard.distribute import batches
-
-    taken, total = [], 0
-    for x, _ in batches(data):
-        taken.append(x[: count - total])
-        total += len(taken[-1])
-        if total >= count:
-            break
-    return np.concatenate(taken)
-
-
-def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned, *,
-                    epochs, learning_rate, strategy=None) -> dict:
-    """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both (with "model": B'')."""
-    b_second = fine_tune(b_prime, ft_data[0], ft_data[1], epochs=epochs,
-                         learning_rate=learning_rate)
-    goodnet = GoodNetModel(model, b_second, name=f"goodnet_ft_{tag}")
-    files = write_models(b_second, goodnet, out_dir, f"ft_{tag}")
-    num_classes = int(model.output_shape[-1])
-    scored = test is not None or poisoned is not None
-    return {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "valid_accuracy": evaluate(b_second, valid, strategy=strategy)["test_accuracy"],
-        "train_loss": [float(v) for v in b_second.history.history.get("loss", [])],
-        "repaired": evaluate(b_second, test, poisoned, strategy=strategy) if scored else None,
-        "goodnet": (
-            evaluate(goodnet, test, poisoned, flag_class=num_classes, strategy=strategy)
-            if scored else None
-        ),
-        "files": {k: str(v) for k, v in files.items()},
-        "model": b_second,
-    }
-
-
-def write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log) -> dict:
-    """Adds the saliency figure (when test images exist) and writes the report files."""
-    from keras_prune_guard.report import markdown_table, write_report
+def write_report(result: RepairResult, out_dir: Path, figure_models: dict, data: _Data,
+                 trigger_region, run: RunOptions) -> RepairResult:
+    """Draws the saliency figure (with test and poisoned images) and writes every report file."""
+    from keras_prune_guard.report import markdown_table
+    from keras_prune_guard.report import write_report as write_files
 
     report_dir = Path(out_dir) / "report"
     figures = {}
-    if test is not None and poisoned is not None:
+    if data.test is not None and data.poisoned is not None:
         from keras_prune_guard.saliency import comparison_figure
 
-        clean_images, bd_images = _first_images(test, 64), _first_images(poisoned, 64)
+        clean_images, bd_images = first_images(data.test, 64), first_images(data.poisoned, 64)
         pairs = min(len(clean_images), len(bd_images))
-        fig = comparison_figure(
-            figure_models,
-            clean_images[:pairs],
-            bd_images[:pairs],
-            report_dir / "saliency.png",
-            trigger_region=trigger_region,
-        )
+        fig = comparison_figure(figure_models, clean_images[:pairs], bd_images[:pairs],
+                                report_dir / "saliency.png", trigger_region=trigger_region)
         figures["Saliency (vanilla gradient) of B and each B'"] = fig["path"]
-        if fig.get("shares"):
-            summary["saliency_trigger_share"] = fig["shares"]
-    paths = write_report(summary, report_dir, figures=figures)
-    summary["report_files"] = {k: str(v) for k, v in paths.items()}
-    log(markdown_table(summary))
-    log(f"Report written to {report_dir}/ ({', '.join(sorted(p.name for p in paths.values()))})")
-    return summary
+        result.saliency_trigger_share = fig.get("shares") or None
+    write_files(result, report_dir, figures=figures)
+    run.log(markdown_table(result))
+    run.log(f"Report written to {report_dir}/ "
+            f"({', '.join(sorted(Path(p).name for p in result.report_files.values()))})")
+    return result
+
+
+__all__ = ["repair", "write_models"]

@@ -20,96 +20,28 @@ mask and the re-runs of the layers after it are split among the replicas.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard.activations import Activations, collect
+from keras_prune_guard.config import (
+    DEFAULT_THRESHOLDS,
+    KEEP_RULES,
+    PruneConfig,
+    RunOptions,
+    check_thresholds,
+    deprecated,
+    options_from,
+)
 from keras_prune_guard.distribute import BlockRunner
+from keras_prune_guard.inputs import labelled_pairs
 from keras_prune_guard.ranking import rank_channels
+from keras_prune_guard.results import CurvePoint, Snapshot, SweepResult
 from keras_prune_guard.surgery import find_channel_mask, masked_layer_name, split_at_mask
-
-#: Which network a threshold keeps: the first one at least X points below the
-#: original accuracy (the lab's rule), or the last one still within X points.
-KEEP_RULES = ("first_below", "last_within")
-DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
-
-
-@dataclass
-class Snapshot:
-    """What a threshold X selected: `pruned_channels` (in pruning order) and their accuracy."""
-
-    threshold: float
-    reached: bool
-    channels_pruned: int
-    pruned_channels: list[int]
-    valid_accuracy: float
-    attack_success: float | None = None
-
-
-@dataclass
-class SweepResult:
-    """The accuracy curve of a sweep and the snapshot chosen for each threshold.
-
-    Accuracies are percentages (0..100). `curve[k]` describes the network with
-    the first `k` channels of `order` pruned (`curve[0]` is the original).
-    `predictions[k]` (when recorded) holds every validation image's predicted
-    class at step k.
-    """
-
-    layer: str
-    channels: int
-    order: list[int]
-    means: list[float]
-    ranking: str
-    relative: bool
-    keep: str
-    baseline_accuracy: float
-    baseline_attack_success: float | None
-    curve: list[dict] = field(default_factory=list)
-    snapshots: dict[float, Snapshot] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    predictions: np.ndarray | None = None
-    stats: dict = field(default_factory=dict)
-
-
-def check_thresholds(thresholds: Sequence[float]) -> list[float]:
-    """Validates thresholds X (percentage points, or percent of the original).
-
-    Returns:
-        The thresholds as floats, sorted ascending.
-
-    Raises:
-        ValueError: a threshold is not a number, is <= 0 or >= 100, or repeats.
-    """
-    if isinstance(thresholds, (int, float)):
-        thresholds = [thresholds]
-    values = []
-    for t in thresholds:
-        try:
-            value = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"thresholds must be numbers between 0 and 100 (exclusive). "
-                f"Received: {t!r} in thresholds={list(thresholds)}"
-            ) from None
-        if not math.isfinite(value) or not 0 < value < 100:
-            raise ValueError(
-                f"thresholds must be > 0 and < 100 (percentage points of accuracy). "
-                f"Received: {t!r} in thresholds={list(thresholds)}"
-            )
-        values.append(value)
-    if not values:
-        raise ValueError("thresholds must hold at least one value. Received: []")
-    if len(set(values)) != len(values):
-        raise ValueError(f"thresholds must not repeat. Received: thresholds={list(thresholds)}")
-    return sorted(values)
 
 
 class _TailClassifier:
@@ -216,18 +148,13 @@ def _percent(pred: np.ndarray, labels: np.ndarray) -> float:
 def sweep(
     model: keras.Model,
     valid,
+    config: PruneConfig | None = None,
     *,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    order: str = "ascending",
-    relative: bool = False,
-    keep: str = "first_below",
     poisoned=None,
-    full_curve: bool = False,
+    run: RunOptions | None = None,
     record_predictions: bool = False,
-    batch_size: int = 1024,
     progress: Callable[[int, int, float], None] | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    **options,
 ) -> SweepResult:
     """Ranks the masked channels and prunes them one at a time, measuring accuracy.
 
@@ -244,72 +171,57 @@ def sweep(
             (e.g. `data.lab_h5_dataset`) or an iterable of `(x, y)` batches; x is
             channels-last float32 in the model's pixel range. Streamed data is
             read once; only the activations entering the mask are kept.
-        thresholds: accuracy drops X that select a snapshot each. Defaults to
-            (2, 4, 10).
-        order: "ascending" (least active first) or "descending". Defaults to
-            "ascending".
-        relative: X is a percentage of the original accuracy rather than
-            absolute percentage points. Defaults to `False`.
-        keep: "first_below" keeps the first network at least X below the
-            original; "last_within" the last one still within X. Defaults to
-            "first_below".
+        config: the defense's settings (thresholds, order, relative, keep,
+            batch_size, full_curve; `after` is not used: the mask is already
+            in `model`). Defaults to `None` (`PruneConfig()`).
         poisoned: optional `(x, y_target)` poisoned data; its attack success rate
             is recorded in the curve, never used to decide. Defaults to `None`.
-        full_curve: prune every channel instead of stopping once the largest
-            threshold is reached. Defaults to `False`.
+        run: strategy, activation cache folder and verbosity (`RunOptions`);
+            they change no result. Defaults to `None` (`RunOptions()`).
         record_predictions: keep each step's predicted classes in
             `result.predictions` ((steps + 1, N) int32). Defaults to `False`.
-        batch_size: images per forward call. Defaults to 1024.
-        progress: called as `progress(step, total, accuracy)` after each step.
-            Defaults to `None`.
-        strategy: run the passes under this `tf.distribute` strategy (e.g.
-            `MirroredStrategy`); the ranking, every step's predictions, the
-            curve and the snapshots are those of the single-device run.
-            Defaults to `None`.
-        cache_dir: keep the cached activations (4,800 bytes per image on the
-            lab's DeepID) in a memory-mapped file in this folder instead of RAM;
-            the file is deleted when the sweep ends. Defaults to `None`.
+        progress: called as `progress(step, total, accuracy)` after each step
+            (for a progress bar; printing is `run.verbose`). Defaults to `None`.
+        **options: fields of `PruneConfig` or `RunOptions` given one by one
+            (e.g. `thresholds=[2, 4]`, `strategy=...`); they override `config`
+            and `run`.
 
     Returns:
         A `SweepResult`; `stats` holds `image_steps`, `images`,
         `activation_bytes_per_image` and `activation_cache` ("memory" or "file").
 
     Raises:
-        ValueError: bad thresholds, keep or batch size; no ChannelMask;
+        ValueError: a bad option (before any data is read), no ChannelMask,
             unlabelled data.
 
     Example:
 
     >>> masked = insert_channel_mask(bad_model)
-    >>> result = sweep(masked, (x_valid, y_valid), thresholds=[2, 4, 10])
-    >>> result.snapshots[4.0].channels_pruned
+    >>> result = sweep(masked, (x_valid, y_valid), PruneConfig(thresholds=[2, 4, 10]))
+    >>> result.snapshots[4.0].num_pruned
     48
     """
-    thresholds = check_thresholds(thresholds)
-    if keep not in KEEP_RULES:
-        raise ValueError(f"keep must be one of {KEEP_RULES}. Received: keep={keep!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+    config, run = options_from(config, run, options, "sweep")
     find_channel_mask(model)  # a clear error when the model has no mask
     head, tail = split_at_mask(model)
+    valid = labelled_pairs(valid, "valid")
+    poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned")
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
-        passes = {"batch_size": batch_size, "strategy": strategy, "cache_dir": cache_dir,
-                  "pool": pool}
+        passes = {"batch_size": config.batch_size, "strategy": run.strategy,
+                  "cache_dir": run.activation_cache, "pool": pool}
         with collect(head, valid, **passes) as acts:
             if acts.labels is None:
-                raise ValueError("The validation data has no labels: expected (x, y) pairs.")
+                raise ValueError("valid has no labels: expected (x, y) pairs.")
             p_acts = None
             try:
                 if poisoned is not None:
                     p_acts = collect(head, poisoned, **passes)
                     if p_acts.labels is None:
-                        raise ValueError(
-                            "The poisoned data has no labels: expected (x, y_target) pairs."
-                        )
-                classify = _TailClassifier(tail, batch_size, pool, strategy)
-                return _sweep(model, acts, p_acts, classify, thresholds, order, relative, keep,
-                              full_curve, record_predictions, batch_size, progress)
+                        raise ValueError("poisoned has no labels: expected (x, y_target) pairs.")
+                classify = _TailClassifier(tail, config.batch_size, pool, run.strategy)
+                steps = _Steps(classify, acts, p_acts, config, run, progress)
+                return steps.run(model, record_predictions)
             finally:
                 if p_acts is not None:
                     p_acts.close()
@@ -317,101 +229,121 @@ def sweep(
         pool.shutdown(wait=True)
 
 
-def _sweep(model, acts, p_acts, classify, thresholds, order, relative, keep, full_curve,
-           record_predictions, batch_size, progress) -> SweepResult:
-    labels = acts.labels
-    means = acts.means
-    order_arr = rank_channels(means, order)
-    channels = acts.values.shape[-1]
+class _Steps:
+    """The sweep proper: the curve, step by step, and the snapshot of each threshold."""
 
-    clean = _StepPredictor(classify, acts)
-    bad = None if p_acts is None else (_StepPredictor(classify, p_acts), p_acts.labels)
+    def __init__(self, classify, acts, p_acts, config: PruneConfig, run: RunOptions,
+                 progress):
+        self.config, self.options, self.progress = config, run, progress
+        self.labels = acts.labels
+        self.means = acts.means
+        self.ranking = rank_channels(self.means, config.order)
+        self.channels = acts.values.shape[-1]
+        self.clean = _StepPredictor(classify, acts)
+        self.bad = None if p_acts is None else (_StepPredictor(classify, p_acts), p_acts.labels)
+        self.acts = acts
+        self.shown = -1
 
-    base = _percent(clean.pred, labels)
-    base_asr = _percent(bad[0].pred, bad[1]) if bad else None
-    result = SweepResult(
-        layer=masked_layer_name(model),
-        channels=channels,
-        order=[int(c) for c in order_arr],
-        means=[float(m) for m in means],
-        ranking=order,
-        relative=relative,
-        keep=keep,
-        baseline_accuracy=base,
-        baseline_attack_success=base_asr,
-    )
-    limits = {t: base * (1 - t / 100) if relative else base - t for t in thresholds}
-    for t in thresholds:
-        if limits[t] < 0:
-            result.warnings.append(
-                f"threshold {t:g} asks for a drop below 0%: the original accuracy is "
-                f"{base:.2f}%, so it can never be reached"
-            )
-    history = [clean.pred.copy()] if record_predictions else None
-    result.curve.append(_point(0, None, channels, base, base_asr))
-    first_below: dict[float, int] = {}
-    total = channels
-    load = clean.touched.sum(axis=0)
-    step, done = 0, False
-    while step < channels and not done:
-        # Several steps per call when each touches few images: fuller batches.
-        chunk = [int(order_arr[step])]
-        while step + len(chunk) < channels and load[chunk].sum() < batch_size:
-            chunk.append(int(order_arr[step + len(chunk)]))
-        clean_steps = clean.advance(chunk)
-        bad_steps = bad[0].advance(chunk) if bad else None
-        for j, channel in enumerate(chunk):
-            step += 1
-            acc = _percent(clean_steps[j], labels)
-            asr = _percent(bad_steps[j], bad[1]) if bad else None
-            result.curve.append(_point(step, channel, channels, acc, asr))
-            if history is not None:
-                history.append(clean_steps[j])
-            for t in thresholds:
-                if t not in first_below and acc <= limits[t] + 1e-9:
-                    first_below[t] = step
-            if progress is not None:
-                progress(step, total, acc)
-            if not full_curve and len(first_below) == len(thresholds):
-                done = True
-                break
+    def _point(self, step: int, channel, acc: float, asr) -> CurvePoint:
+        return CurvePoint(step=step, channel=channel, num_pruned=step,
+                          fraction_pruned=step / self.channels, valid_accuracy=acc,
+                          attack_success=asr)
 
-    for t in thresholds:
-        reached = t in first_below
+    def _report(self, step: int, acc: float) -> None:
+        if self.progress is not None:
+            self.progress(step, self.channels, acc)
+        if step * 10 // self.channels != self.shown:
+            self.shown = step * 10 // self.channels
+            self.options.log(f"  step {step}/{self.channels}: validation accuracy {acc:.2f}%")
+
+    def run_steps(self, result: SweepResult, limits: dict, history) -> dict[float, int]:
+        """Prunes channels in ranking order until every threshold is passed (or all)."""
+        config, clean, bad = self.config, self.clean, self.bad
+        first_below: dict[float, int] = {}
+        load = clean.touched.sum(axis=0)
+        step, done = 0, False
+        while step < self.channels and not done:
+            # Several steps per call when each touches few images: fuller batches.
+            chunk = [int(self.ranking[step])]
+            while step + len(chunk) < self.channels and load[chunk].sum() < config.batch_size:
+                chunk.append(int(self.ranking[step + len(chunk)]))
+            clean_steps = clean.advance(chunk)
+            bad_steps = bad[0].advance(chunk) if bad else None
+            for j, channel in enumerate(chunk):
+                step += 1
+                acc = _percent(clean_steps[j], self.labels)
+                asr = _percent(bad_steps[j], bad[1]) if bad else None
+                result.curve.append(self._point(step, channel, acc, asr))
+                if history is not None:
+                    history.append(clean_steps[j])
+                for t in config.thresholds:
+                    if t not in first_below and acc <= limits[t] + 1e-9:
+                        first_below[t] = step
+                self._report(step, acc)
+                if not config.full_curve and len(first_below) == len(config.thresholds):
+                    done = True
+                    break
+        return first_below
+
+    def run(self, model: keras.Model, record_predictions: bool) -> SweepResult:
+        config, clean, bad = self.config, self.clean, self.bad
+        base = _percent(clean.pred, self.labels)
+        base_asr = _percent(bad[0].pred, bad[1]) if bad else None
+        result = SweepResult(
+            config=config,
+            layer=masked_layer_name(model),
+            channels=self.channels,
+            channel_order=[int(c) for c in self.ranking],
+            channel_means=[float(m) for m in self.means],
+            baseline_valid_accuracy=base,
+            baseline_attack_success=base_asr,
+        )
+        limits = {t: base * (1 - t / 100) if config.relative else base - t
+                  for t in config.thresholds}
+        for t in config.thresholds:
+            if limits[t] < 0:
+                result.warnings.append(
+                    f"threshold {t:g} asks for a drop below 0%: the original accuracy is "
+                    f"{base:.2f}%, so it can never be reached"
+                )
+        history = [clean.pred.copy()] if record_predictions else None
+        result.curve.append(self._point(0, None, base, base_asr))
+        first_below = self.run_steps(result, limits, history)
+        for t in config.thresholds:
+            result.snapshots[t] = self._snapshot(result, t, first_below.get(t))
+        if history is not None:
+            result.predictions = np.stack(history)
+        result.stats = dict(clean.stats, images=len(self.labels),
+                            activation_bytes_per_image=self.acts.bytes_per_image,
+                            activation_cache="memory" if self.acts.cache.path is None
+                            else "file")
+        if bad:
+            result.stats["poisoned"] = dict(bad[0].stats)
+        return result
+
+    def _snapshot(self, result: SweepResult, t: float, below: int | None) -> Snapshot:
+        reached = below is not None
         if reached:
-            step = first_below[t] if keep == "first_below" else first_below[t] - 1
+            step = below if self.config.keep == "first_below" else below - 1
         else:
             step = len(result.curve) - 1
             result.warnings.append(
                 f"threshold {t:g}: accuracy never fell {t:g} "
-                f"{'percent' if relative else 'points'} below the original {base:.2f}% "
-                f"after pruning all {step} channels; the snapshot is the fully pruned network"
+                f"{'percent' if self.config.relative else 'points'} below the original "
+                f"{result.baseline_valid_accuracy:.2f}% after pruning all {step} channels; "
+                "the snapshot is the fully pruned network"
             )
         point = result.curve[step]
-        result.snapshots[t] = Snapshot(
+        return Snapshot(
             threshold=t,
             reached=reached,
-            channels_pruned=step,
-            pruned_channels=[int(c) for c in order_arr[:step]],
-            valid_accuracy=point["valid_accuracy"],
-            attack_success=point["attack_success"],
+            num_pruned=step,
+            fraction_pruned=step / self.channels,
+            pruned_channels=[int(c) for c in self.ranking[:step]],
+            valid_accuracy=point.valid_accuracy,
+            attack_success=point.attack_success,
         )
-    if history is not None:
-        result.predictions = np.stack(history)
-    result.stats = dict(clean.stats, images=len(labels),
-                        activation_bytes_per_image=acts.bytes_per_image,
-                        activation_cache="memory" if acts.cache.path is None else "file")
-    if bad:
-        result.stats["poisoned"] = dict(bad[0].stats)
-    return result
 
 
-def _point(step: int, channel, channels: int, acc: float, asr) -> dict:
-    return {
-        "step": step,
-        "channel": channel,
-        "channels_pruned": step,
-        "fraction_pruned": step / channels,
-        "valid_accuracy": acc,
-        "attack_success": asr,
-    }
+__all__ = ["DEFAULT_THRESHOLDS", "KEEP_RULES", "Snapshot", "SweepResult", "check_thresholds",
+           "deprecated", "sweep"]

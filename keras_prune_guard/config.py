@@ -1,0 +1,358 @@
+"""The defense's configuration, checked once where it is built, and the run-time options.
+
+`PruneConfig` says *what* the defense computes (thresholds, order, which network a
+threshold keeps, where the mask goes, ...): it is frozen, validated completely in its
+constructor (so a bad argument fails before any data is read) and serialisable with
+`get_config`/`from_config`, like a Keras schedule or TF-MOT's pruning schedule.
+`FineTuneConfig` does the same for the fine-tuning that turns B' into B''.
+`RunOptions` says *how* to run it (a `tf.distribute` strategy, an activation-cache folder,
+verbosity): they change no figure and are not saved with the results.
+
+`sweep`, `prune`, `PruningCallback`, `repair` and `fine_tune` take these objects; their
+keyword arguments build the same objects (`options_from`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Pruning orders by mean activation: least active first (the Fine-Pruning paper, the
+#: public lab solutions) or most active first (the lab handout's literal words).
+ORDERS = ("ascending", "descending")
+#: Which network a threshold keeps: the first one at least X below the original
+#: accuracy (the lab's rule), or the last one still within X.
+KEEP_RULES = ("first_below", "last_within")
+DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
+#: Initial Adam learning rate of fine-tuning (cosine-decayed to 0), see `FineTuneConfig`.
+DEFAULT_LEARNING_RATE = 1e-4
+#: Images per training step of fine-tuning.
+DEFAULT_FINE_TUNE_BATCH_SIZE = 32
+
+
+def check_thresholds(thresholds: Any, name: str = "thresholds") -> tuple[float, ...]:
+    """Validates thresholds X (percentage points, or percent of the original accuracy).
+
+    Args:
+        thresholds: a number or a list of numbers, each > 0 and < 100.
+        name: how to name the argument in messages. Defaults to "thresholds".
+
+    Returns:
+        The thresholds as floats, sorted ascending.
+
+    Raises:
+        ValueError: a string or bool, a value that is not a number, <= 0 or >= 100, an
+            empty list, or a repeated value.
+
+    Example:
+
+    >>> check_thresholds([10, 2, 4])
+    (2.0, 4.0, 10.0)
+    """
+    if isinstance(thresholds, (str, bytes)):
+        raise ValueError(
+            f"{name} takes a list of numbers, e.g. {name}=[2, 4, 10], not a string. "
+            f"Received: {name}={thresholds!r}"
+        )
+    values = [thresholds] if isinstance(thresholds, numbers.Real) else thresholds
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(
+            f"{name} takes a list of numbers, e.g. [2, 4, 10]. Received: {name}={thresholds!r}"
+        ) from None
+    out = []
+    for t in values:
+        if isinstance(t, (bool, str, bytes)) or not isinstance(t, numbers.Real):
+            raise ValueError(
+                f"{name} must be numbers between 0 and 100 (exclusive), e.g. [2, 4, 10]. "
+                f"Received: {t!r} in {name}={values}"
+            )
+        value = float(t)
+        if not math.isfinite(value) or not 0 < value < 100:
+            raise ValueError(
+                f"{name} must be > 0 and < 100 (percentage points of accuracy). "
+                f"Received: {t!r} in {name}={values}"
+            )
+        out.append(value)
+    if not out:
+        raise ValueError(f"{name} must hold at least one value. Received: []")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat. Received: {name}={values}")
+    return tuple(sorted(out))
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}. Received: {name}={value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}. Received: {name}={value!r}"
+        )
+
+
+class _Serialisable:
+    """`get_config`/`from_config`/`replace` shared by the frozen configurations."""
+
+    def get_config(self) -> dict:
+        """The constructor arguments as a JSON-serialisable dict."""
+        config = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping):
+        """Rebuilds the object from `get_config()` (checked again; unknown keys refused)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}.from_config: unknown keys {unknown}; expected some of "
+                f"{sorted(known)}"
+            )
+        return cls(**config)
+
+    def replace(self, **changes):
+        """A copy with `changes` applied (checked like a new object)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Serialisable):
+    """What the pruning defense computes, validated in the constructor.
+
+    Args:
+        thresholds: accuracy drops X that select one B' each, in percentage points
+            (or, with `relative`, percent of the original accuracy). Stored sorted.
+            Defaults to (2, 4, 10).
+        order: "ascending" (least active channel first) or "descending". Defaults to
+            "ascending".
+        relative: X is a percentage of the original accuracy instead of absolute
+            points. Defaults to `False`.
+        keep: "first_below" (the first network at least X below the original, the
+            lab's rule) or "last_within" (the last one still within X). Defaults to
+            "first_below".
+        after: the layer whose output channels are masked. Defaults to `None` (the
+            last pooling layer, `pool_3` on DeepID).
+        batch_size: images per forward call. Defaults to 1024.
+        full_curve: prune every channel instead of stopping once the largest X is
+            reached. Defaults to `False`.
+
+    Raises:
+        ValueError: any argument out of range, naming it and the value received.
+
+    Example:
+
+    >>> config = PruneConfig(thresholds=[2, 4, 10], keep="last_within")
+    >>> PruneConfig.from_config(config.get_config()) == config
+    True
+    """
+
+    # `metadata` is what the CLI shows: `--thresholds`, `--order`, ... are built from it.
+    thresholds: tuple[float, ...] = field(default=DEFAULT_THRESHOLDS, metadata={
+        "help": "accuracy drops X in percentage points, one B' each"})
+    order: str = field(default="ascending", metadata={
+        "choices": ORDERS, "help": "pruning order by mean activation: ascending = least "
+        "active first, as the Fine-Pruning paper and the public lab solutions do; "
+        "descending = the handout's literal words"})
+    relative: bool = field(default=False, metadata={
+        "help": "X is a percentage of the original accuracy instead of absolute points"})
+    keep: str = field(default="first_below", metadata={
+        "choices": KEEP_RULES, "help": "which network a threshold keeps: the first at least "
+        "X below the original (the lab's rule) or the last still within X"})
+    after: str | None = field(default=None, metadata={
+        "help": "layer whose output channels are pruned (default: the last pooling layer, "
+        "pool_3 on DeepID)"})
+    batch_size: int = field(default=1024, metadata={"help": "images per forward call"})
+    full_curve: bool = field(default=False, metadata={
+        "help": "prune every channel instead of stopping after the largest threshold"})
+
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
+        _choice("order", self.order, ORDERS)
+        _choice("keep", self.keep, KEEP_RULES)
+        _flag("relative", self.relative)
+        _flag("full_curve", self.full_curve)
+        _positive_int("batch_size", self.batch_size)
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        if self.after is not None and (not isinstance(self.after, str) or not self.after):
+            raise ValueError(
+                f"after must be a layer name or None. Received: after={self.after!r}"
+            )
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(_Serialisable):
+    """How B' is fine-tuned into B'' (Fine-Pruning), validated in the constructor.
+
+    Args:
+        epochs: training epochs; 0 means pruning only. Defaults to 0.
+        learning_rate: initial Adam learning rate, cosine-decayed to 0 over the run.
+            Defaults to `DEFAULT_LEARNING_RATE` (1e-4: it restores clean accuracy
+            without wrecking a network tuned on a few hundred images; larger rates such
+            as 1e-2 also erased the built-in benchmark's backdoor).
+        batch_size: images per training step. Defaults to 32.
+        seed: random seed of shuffling and dropout. Defaults to 0.
+
+    Example:
+
+    >>> FineTuneConfig(epochs=5, learning_rate=1e-2).get_config()["epochs"]
+    5
+    """
+
+    epochs: int = field(default=0, metadata={
+        "cli": "--fine-tune-epochs", "metavar": "E", "help": "fine-pruning: also train a "
+        "copy of each B' for E epochs on clean data with the pruned channels kept at zero, "
+        "giving B'' (written as bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ "
+        "and .keras, and reported next to B'). 0 = pruning only"})
+    learning_rate: float = field(default=DEFAULT_LEARNING_RATE, metadata={
+        "cli": "--fine-tune-lr", "metavar": "LR", "help": "initial Adam learning rate of the "
+        "fine-tuning, cosine-decayed to 0 (1e-4 restores clean accuracy; larger rates such "
+        "as 1e-2 also erased the built-in benchmark's backdoor but wreck a network "
+        "fine-tuned on a few hundred images)"})
+    batch_size: int = field(default=DEFAULT_FINE_TUNE_BATCH_SIZE, metadata={
+        "cli": "--fine-tune-batch-size", "help": "images per fine-tuning step"})
+    seed: int = field(default=0, metadata={
+        "cli": "--fine-tune-seed", "help": "random seed of the fine-tuning's shuffling"})
+
+    def __post_init__(self):
+        _positive_int("epochs", self.epochs, minimum=0)
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
+            math.isfinite(lr) and lr > 0
+        ):
+            raise ValueError(f"learning_rate must be > 0 (a finite number). Received: "
+                             f"learning_rate={lr!r}")
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("seed", self.seed, minimum=0)
+        for name in ("epochs", "batch_size", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "learning_rate", float(lr))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run the defense; changes no result and is not saved with one.
+
+    Args:
+        strategy: a `tf.distribute` strategy for the passes over the data (ranking,
+            sweep, evaluation); results equal the single-device run. Defaults to `None`.
+        activation_cache: a folder for the sweep's activation cache as a memory-mapped
+            file (deleted afterwards) instead of RAM. Defaults to `None`.
+        verbose: 0 prints nothing, 1 prints progress lines. Defaults to 1.
+
+    Example:
+
+    >>> run = RunOptions(strategy=tf.distribute.MirroredStrategy(), verbose=0)
+    """
+
+    strategy: Any = None
+    activation_cache: str | os.PathLike | None = None
+    verbose: int = 1
+
+    def __post_init__(self):
+        _positive_int("verbose", self.verbose, minimum=0)
+        if self.strategy is not None and not hasattr(self.strategy, "scope"):
+            raise ValueError("strategy must be a tf.distribute.Strategy or None. Received: "
+                             f"strategy={self.strategy!r}")
+        cache = self.activation_cache
+        if cache is not None and not isinstance(cache, (str, os.PathLike)):
+            raise ValueError("activation_cache must be a folder path or None. Received: "
+                             f"activation_cache={cache!r}")
+
+    def log(self, message: str) -> None:
+        """Prints `message` when `verbose` (through absl when Keras logs non-interactively)."""
+        if not self.verbose:
+            return
+        import keras
+
+        if keras.config.is_interactive_logging_enabled():
+            print(message, flush=True)
+        else:
+            import absl.logging
+
+            absl.logging.info(message)
+
+
+def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
+    """Warns that `old` is the 0.1 spelling of `new` (a `DeprecationWarning`)."""
+    warnings.warn(
+        f"`{old}` is deprecated since keras-prune-guard 0.2 and will be removed in 0.3; "
+        f"use `{new}` instead.",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+_PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}
+_RUN_KEYS = {f.name for f in dataclasses.fields(RunOptions)}
+
+
+def options_from(
+    config: PruneConfig | None,
+    run: RunOptions | None,
+    kwargs: dict,
+    where: str,
+) -> tuple[PruneConfig, RunOptions]:
+    """Builds the configuration and run options from objects and/or keyword arguments.
+
+    Keyword arguments are a convenience: they override fields of `config` / `run`
+    (0.1 spellings such as `cache_dir` are accepted with a `DeprecationWarning`).
+
+    Args:
+        config: a `PruneConfig` or `None` (the defaults).
+        run: a `RunOptions` or `None` (the defaults).
+        kwargs: the remaining keyword arguments of the caller.
+        where: the caller's name, for messages.
+
+    Returns:
+        `(config, run)`.
+
+    Raises:
+        ValueError: an unknown keyword, or a bad value (from the constructors).
+    """
+    if config is not None and not isinstance(config, PruneConfig):
+        raise ValueError(f"{where}: config must be a PruneConfig. Received: {config!r}")
+    if run is not None and not isinstance(run, RunOptions):
+        raise ValueError(f"{where}: run must be a RunOptions. Received: {run!r}")
+    kwargs = dict(kwargs)
+    if "cache_dir" in kwargs:
+        deprecated(f"{where}(cache_dir=...)", f"{where}(activation_cache=...)", stacklevel=4)
+        kwargs["activation_cache"] = kwargs.pop("cache_dir")
+    unknown = sorted(set(kwargs) - _PRUNE_KEYS - _RUN_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{where}() got unknown keyword argument(s) {unknown}; expected PruneConfig "
+            f"fields {sorted(_PRUNE_KEYS)} or RunOptions fields {sorted(_RUN_KEYS)}"
+        )
+    prune = {k: v for k, v in kwargs.items() if k in _PRUNE_KEYS}
+    runs = {k: v for k, v in kwargs.items() if k in _RUN_KEYS}
+    config = (config or PruneConfig()).replace(**prune) if prune else (config or PruneConfig())
+    run = dataclasses.replace(run or RunOptions(), **runs) if runs else (run or RunOptions())
+    return config, run
+
+
+__all__ = [
+    "DEFAULT_LEARNING_RATE",
+    "DEFAULT_THRESHOLDS",
+    "FineTuneConfig",
+    "KEEP_RULES",
+    "ORDERS",
+    "PruneConfig",
+    "RunOptions",
+    "check_thresholds",
+    "options_from",
+]

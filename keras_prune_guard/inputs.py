@@ -1,0 +1,176 @@
+"""The one place that tells arrays from streams and checks images and labels on the way in.
+
+Data reaches the library in one of two forms: `(x, y)` arrays, or a stream (a
+`tf.data.Dataset` or an iterable of `(x, y)` batches, e.g. `data.lab_h5_dataset`).
+`is_streamed` tells them apart, `labelled_pairs` checks the labels of arrays before any
+pass, `check_images` checks images against a model before any prediction, and
+`first_images` takes a few images of either form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_streamed(data) -> bool:
+    """True for a dataset or iterable of batches, False for `(x, y)` arrays (or None).
+
+    Example:
+
+    >>> is_streamed((np.zeros((2, 4, 4, 3)), np.zeros(2))), is_streamed(None)
+    (False, False)
+    """
+    if data is None:
+        return False
+    return not (isinstance(data, (tuple, list)) and len(data) == 2
+                and hasattr(data[0], "shape") and not _is_dataset(data[0]))
+
+
+def _is_dataset(value) -> bool:
+    import tensorflow as tf
+
+    return isinstance(value, tf.data.Dataset)
+
+
+def check_labels(y, count: int, what: str, num_classes: int | None = None) -> np.ndarray:
+    """Checks labels given as an array and returns them as int64 (N,).
+
+    Args:
+        y: the labels: integer class ids, shape (N,) or (N, 1).
+        count: the number of images they belong to.
+        what: how to name the data in messages (an argument or a file).
+        num_classes: when given, labels must be in [0, num_classes).
+
+    Returns:
+        The labels as an int64 vector.
+
+    Raises:
+        ValueError: one-hot labels (named as such), another rank, non-finite or
+            fractional values, a count other than `count`, or a label out of range.
+
+    Example:
+
+    >>> check_labels(np.array([0.0, 2.0]), 2, "valid", num_classes=3)
+    array([0, 2])
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        onehot = y.shape[0] == count and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        found = "one-hot labels" if onehot else "a 2-D label array"
+        raise ValueError(
+            f"{what}: found {found} of shape {y.shape}; expected integer class ids of "
+            f"shape (N,)" + (": pass y.argmax(axis=-1)" if onehot else "")
+        )
+    if y.ndim == 2:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{what}: found labels of shape {y.shape}; expected integer class "
+                         "ids of shape (N,)")
+    if len(y) != count:
+        raise ValueError(f"{what}: images and labels differ in length: {count} images, "
+                         f"{len(y)} labels; expected one label per image")
+    from keras_prune_guard.data import check_labels as check_label_values
+
+    return check_label_values(what, y, num_classes=num_classes, field=None)
+
+
+def labelled_pairs(data, what: str, num_classes: int | None = None):
+    """`(x, y)` arrays with their labels checked, or a stream as it is.
+
+    Args:
+        data: `(x, y)` arrays or a stream of `(x, y)` batches.
+        what: how to name the data in messages.
+        num_classes: when given, labels must be in [0, num_classes).
+
+    Returns:
+        `(x, y_int64)` for arrays; the stream itself otherwise (its batches are
+        checked as they come).
+
+    Example:
+
+    >>> x, y = labelled_pairs((x_valid, y_valid.astype("float32")), "valid")
+    """
+    if is_streamed(data):
+        return data
+    x, y = data
+    if y is None:
+        return x, None
+    return x, check_labels(y, len(x), what, num_classes)
+
+
+def check_images(model, x, what: str = "images") -> None:
+    """Raises ValueError unless `x` is (N, H, W, C) finite pixels with the model's H, W, C.
+
+    Checked before any model call, so a wrong file never yields made-up classes
+    (a NaN image would otherwise come out as class 0, the lab's attack target).
+
+    Args:
+        model: a Keras or served model (anything with `input_shape`).
+        x: the images.
+        what: how to name the images in the message (a file name). Defaults to
+            "images".
+
+    Raises:
+        ValueError: naming `what`, the shape or value found and the (N, H, W, C)
+            shape the model expects.
+
+    Example:
+
+    >>> check_images(served, np.zeros((2, 55, 47, 1)), "grey.h5")
+    ValueError: grey.h5: images of shape (55, 47, 1) ...
+    """
+    expected = input_shape_of(model)
+    shape = tuple(np.shape(x))
+    found = shape[1:]
+    name = getattr(model, "name", "?")
+    wants = f"(N, {', '.join(str(d) for d in expected)})"
+    if len(shape) != len(expected) + 1 or any(
+        e is not None and e != f for e, f in zip(expected, found)
+    ):
+        hint = ""
+        if len(found) == 3 and len(expected) == 3 and found[0] == expected[-1] \
+                and tuple(found[1:]) == tuple(expected[:2]):
+            hint = " They look channels-first (N, C, H, W): transpose them to (N, H, W, C)."
+        raise ValueError(
+            f"{what}: images of shape {found} (rank {len(shape)}, batch shape {shape}) do not "
+            f"fit model '{name}', which expects {wants} channels-last images.{hint}"
+        )
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: images of dtype {x.dtype}; model '{name}' expects numeric "
+                         f"pixels {wants} (raw 0..255).")
+    if x.dtype.kind == "f" and x.size:
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(
+                f"{what}: image {i} holds {x[i][~np.isfinite(x[i])].flat[0]}; model "
+                f"'{name}' expects finite pixel values (raw 0..255)."
+            )
+
+
+def input_shape_of(model) -> tuple:
+    """The (H, W, C) image shape a Keras or served model takes (H, W may be None)."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    return tuple(shape[1:])
+
+
+def first_images(data, count: int) -> np.ndarray:
+    """The first `count` images of `(x, y)` arrays or of a stream of `(x, y)` batches."""
+    if not is_streamed(data):
+        return np.asarray(data[0][:count])
+    from keras_prune_guard.distribute import batches
+
+    taken, total = [], 0
+    for x, _ in batches(data):
+        taken.append(x[: count - total])
+        total += len(taken[-1])
+        if total >= count:
+            break
+    return np.concatenate(taken)
+
+
+__all__ = ["check_images", "check_labels", "first_images", "input_shape_of", "is_streamed",
+           "labelled_pairs"]

@@ -1,0 +1,43 @@
+"""The repair report: renderers of one typed `RepairResult`, split by what they write.
+
+- `tables`: the results as rows, Markdown and CSV (`csv_rows`, `markdown_table`, ...);
+- `plot`: the pruning curve as a PNG (`plot_curve`);
+- `html`: one self-contained HTML page (`render_html`);
+- `files`: every report file in a folder, report.json being the result itself
+  (`write_report`, `result_json`).
+
+Each renderer takes a `RepairResult`; a plain dict (a report.json read back, or a 0.1
+summary) is read with `RepairResult.from_dict`, which names any field that is wrong.
+No TensorFlow is needed; matplotlib is imported only when a plot is drawn.
+"""
+
+from keras_prune_guard.report.files import result_json, summary_json, write_report
+from keras_prune_guard.report.html import CURVE_FIGURE, render_html
+from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR, plot_curve
+from keras_prune_guard.report.tables import (
+    CSV_COLUMNS,
+    csv_rows,
+    csv_text,
+    fine_pruning_table,
+    markdown_report,
+    markdown_table,
+)
+from keras_prune_guard.results import ReportError
+
+__all__ = [
+    "ATTACK_COLOR",
+    "CSV_COLUMNS",
+    "CURVE_FIGURE",
+    "VALID_COLOR",
+    "ReportError",
+    "csv_rows",
+    "csv_text",
+    "fine_pruning_table",
+    "markdown_report",
+    "markdown_table",
+    "plot_curve",
+    "render_html",
+    "result_json",
+    "summary_json",
+    "write_report",
+]

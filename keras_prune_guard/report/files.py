@@ -1,0 +1,99 @@
+"""Every report file in one folder; report.json is the `RepairResult` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.report.html import CURVE_FIGURE, check_images, render_html
+from keras_prune_guard.report.plot import plot_curve
+from keras_prune_guard.report.tables import as_result, csv_text, markdown_report
+from keras_prune_guard.results import RepairResult, ReportError
+
+REPORT_FILES = {
+    "md": "report.md",
+    "csv": "report.csv",
+    "json": "report.json",
+    "png": "pruning_curve.png",
+    "html": "report.html",
+}
+"""The files `write_report` writes, by kind."""
+
+
+def result_json(result: RepairResult | Mapping) -> str:
+    """The whole result (curve included) as strict JSON: `RepairResult.to_dict()`.
+
+    Raises:
+        ReportError: (a ValueError) when it holds a value JSON cannot represent (NaN).
+
+    Example:
+
+    >>> RepairResult.from_dict(json.loads(result_json(result))) == result
+    True
+    """
+    try:
+        return json.dumps(as_result(result).to_dict(), indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ReportError):
+            raise
+        raise ReportError(f"summary: cannot be written as JSON: {error}") from None
+
+
+def summary_json(result: RepairResult | Mapping) -> str:
+    """The 0.1 name of `result_json`."""
+    return result_json(result)
+
+
+def write_report(
+    result: RepairResult | Mapping,
+    out_dir: str | os.PathLike,
+    *,
+    figures: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Path]:
+    """Writes report.md, report.csv, report.json, pruning_curve.png and report.html.
+
+    `result.report_files` is filled in first, so report.json lists the files beside it
+    and equals the returned result. Each file goes through `atomic_path`; the texts and
+    figure files are checked before anything is written.
+
+    Args:
+        result: the `RepairResult` (a dict is read with `RepairResult.from_dict`).
+        out_dir: the folder to write into (created when missing).
+        figures: extra figures for the HTML page, caption -> image file,
+            e.g. `{"Saliency": "saliency.png"}`. Defaults to none.
+
+    Returns:
+        The written paths by kind: keys "md", "csv", "json", "png", "html".
+
+    Raises:
+        ReportError: (a ValueError) when the result is malformed or a figure is missing.
+
+    Example:
+
+    >>> write_report(result, "saved_models/report")["html"]
+    PosixPath('saved_models/report/report.html')
+    """
+    result = as_result(result)
+    figures = check_images(figures, "figures")
+    if CURVE_FIGURE in figures:
+        raise ReportError(
+            f"figures: the caption {CURVE_FIGURE!r} is reserved for the pruning curve, "
+            f"found it among {sorted(figures)}"
+        )
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
+    result.report_files = {kind: str(path) for kind, path in paths.items()}
+    # Build every text first so that a bad result fails before any file is replaced.
+    texts = {"md": markdown_report(result), "csv": csv_text(result), "json": result_json(result)}
+    with atomic_path(paths["png"]) as tmp:
+        plot_curve(result, tmp)
+    for kind, text in texts.items():
+        with atomic_path(paths[kind]) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    page = render_html(result, {CURVE_FIGURE: paths["png"], **figures})
+    with atomic_path(paths["html"]) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return paths

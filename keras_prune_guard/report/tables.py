@@ -1,0 +1,312 @@
+"""The results as rows: CSV, Markdown tables and the Markdown report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from keras_prune_guard.results import RepairResult, Scores, ThresholdResult
+
+CSV_COLUMNS = (
+    "model",
+    "threshold",
+    "num_pruned",
+    "fraction_pruned",
+    "valid_accuracy",
+    "test_accuracy",
+    "attack_success",
+    "detection_rate",
+    "false_alarm_rate",
+)
+"""The columns of `csv_rows` and `report.csv`, in order (the `RepairResult` field names)."""
+
+# Columns shown only when at least one model has a value for them.
+_OPTIONAL_COLUMNS = ("test_accuracy", "attack_success", "detection_rate", "false_alarm_rate")
+_HEADERS = {
+    "model": "Model",
+    "threshold": "X (points)",
+    "num_pruned": "Channels pruned",
+    "fraction_pruned": "Fraction pruned",
+    "valid_accuracy": "Validation accuracy (%)",
+    "test_accuracy": "Clean test accuracy (%)",
+    "attack_success": "Attack success rate (%)",
+    "detection_rate": "Detection rate (%)",
+    "false_alarm_rate": "False alarm rate (%)",
+}
+MISSING = "—"
+
+
+def as_result(result: RepairResult | Mapping) -> RepairResult:
+    """`result` itself, or a dict (report.json, a 0.1 summary) read and checked."""
+    return result if isinstance(result, RepairResult) else RepairResult.from_dict(result)
+
+
+def threshold_name(threshold: float) -> str:
+    return f"{threshold:g}"
+
+
+@dataclass
+class Line:
+    """One model's row: its CSV values, its label and its kind (a CSS class in HTML)."""
+
+    values: dict
+    label: str
+    kind: str
+
+
+def _values(model: str, threshold, pruned: int, fraction: float, valid, scores: Scores | None,
+            goodnet: bool) -> dict:
+    scores = scores or Scores()
+    return {
+        "model": model, "threshold": threshold, "num_pruned": pruned,
+        "fraction_pruned": fraction, "valid_accuracy": valid,
+        "test_accuracy": scores.test_accuracy, "attack_success": scores.attack_success,
+        "detection_rate": scores.detection_rate if goodnet else None,
+        "false_alarm_rate": scores.false_alarm_rate if goodnet else None,
+    }
+
+
+def _row_lines(row: ThresholdResult) -> list[Line]:
+    """B'_X, G_X (when scored), B''_X and G''_X (when fine-tuned) for one threshold."""
+    name = threshold_name(row.threshold)
+    suffix = "" if row.reached else " (not reached)"
+    common = (row.threshold, row.num_pruned, row.fraction_pruned)
+    lines = [Line(_values(f"B'_{name}", *common, row.valid_accuracy, row.repaired, False),
+                  f"B'_{name}{suffix}", "repaired")]
+    if row.goodnet is not None:
+        lines.append(Line(_values(f"G_{name}", *common, None, row.goodnet, True),
+                          f"G_{name}{suffix}", "goodnet"))
+    tuned = row.fine_tuned
+    if tuned is not None:
+        lines.append(Line(_values(f"B''_{name}", *common, tuned.valid_accuracy, tuned.repaired,
+                                  False), f"B''_{name}{suffix}", "fine_tuned"))
+        if tuned.goodnet is not None:
+            lines.append(Line(_values(f"G''_{name}", *common, None, tuned.goodnet, True),
+                              f"G''_{name}{suffix}", "goodnet fine_tuned"))
+    return lines
+
+
+def lines(result: RepairResult) -> list[Line]:
+    """One line per model: B, then B'_X (G_X, B''_X, G''_X) per threshold."""
+    base = result.baseline
+    original = _values("B", None, 0, 0.0, base.valid_accuracy,
+                       Scores(base.test_accuracy, base.attack_success), False)
+    out = [Line(original, "B (original)", "original")]
+    for row in result.rows:
+        out.extend(_row_lines(row))
+    return out
+
+
+def csv_rows(result: RepairResult | Mapping) -> list[dict]:
+    """The report as flat rows, one per model: B, then B'_X and (when measured) G_X per X.
+
+    When B'_X was fine-tuned, B''_X (and, when measured, G''_X: the GoodNet of B and
+    B''_X) follow G_X; their `num_pruned` is that of B'_X and their `valid_accuracy`
+    that of B''_X.
+
+    Args:
+        result: the `RepairResult` (or its dict form).
+
+    Returns:
+        A list of dicts with the keys of `CSV_COLUMNS`; `None` where not measured. B has
+        `threshold` None and 0 channels pruned.
+
+    Example:
+
+    >>> [r["model"] for r in csv_rows(result)]
+    ['B', "B'_2", 'G_2', "B'_4", 'G_4']
+    """
+    return [line.values for line in lines(as_result(result))]
+
+
+def csv_text(result: RepairResult | Mapping) -> str:
+    """`csv_rows` as CSV text with a header line; `None` becomes an empty field.
+
+    Example:
+
+    >>> Path("report.csv").write_text(csv_text(result))
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(result):
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _cell(column: str, value, line: Line, channels: int) -> str:
+    if column == "model":
+        return line.label
+    if value is None:
+        return MISSING
+    if column == "threshold":
+        return threshold_name(value)
+    if column == "num_pruned":
+        return f"{value} of {channels}" if channels else str(value)
+    if column == "fraction_pruned":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def table(result: RepairResult) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, text cells and row kinds of the results table (Markdown and HTML)."""
+    rows = lines(result)
+    columns = ["model", "threshold", "num_pruned", "fraction_pruned", "valid_accuracy"]
+    columns += [c for c in _OPTIONAL_COLUMNS if any(r.values[c] is not None for r in rows)]
+    headers = [_HEADERS[c] for c in columns]
+    if result.config.relative:
+        headers[1] = "X (% of baseline)"
+    cells = [[_cell(c, line.values[c], line, result.channels) for c in columns] for line in rows]
+    return headers, cells, [line.kind for line in rows]
+
+
+def markdown_lines(headers: list[str], cells: list[list[str]]) -> list[str]:
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    return [line(headers), "| " + " | ".join(align) + " |"] + [line(c) for c in cells]
+
+
+def markdown_table(result: RepairResult | Mapping) -> str:
+    """The results as a Markdown table, with the warnings listed under it.
+
+    Rows: "B (original)", then B'_X (and G_X when measured) for each threshold X, and
+    B''_X and G''_X after them when B'_X was fine-tuned (see `fine_pruning_table`).
+    Columns: X, channels pruned ("k of C"), fraction pruned, validation accuracy and,
+    only when some model has them, clean test accuracy, attack success rate, and G's
+    detection rate (poisoned inputs flagged) and false-alarm rate (clean inputs flagged).
+    Percentages have 2 decimals; "—" marks a value that was not measured.
+
+    Example:
+
+    >>> print(markdown_table(result))
+    | Model | X (points) | Channels pruned | ...
+    """
+    result = as_result(result)
+    headers, cells, _ = table(result)
+    out = markdown_lines(headers, cells)
+    if result.warnings:
+        out += ["", "**Warnings**", ""]
+        out += ["- " + " ".join(w.split()) for w in result.warnings]
+    return "\n".join(out) + "\n"
+
+
+def settings(result: RepairResult) -> str:
+    """One paragraph describing the pruned network and the settings."""
+    config = result.config
+    parts = []
+    if result.model:
+        parts.append(f"network {result.model}")
+    if result.layer:
+        channels = f" ({result.channels} channels)" if result.channels else ""
+        parts.append(f"channels of {result.layer}{channels} pruned")
+    parts.append(f"{config.order} order of mean activation on clean validation data")
+    if result.num_classes:
+        parts.append(f"{result.num_classes} classes (GoodNet: one more for 'backdoored')")
+    kind = "relative (% of baseline)" if config.relative else "absolute (points)"
+    parts.append(f"threshold X {kind}")
+    parts.append(f"kept: {config.keep}")
+    text = "; ".join(parts) + "."
+    tuning = result.fine_tune
+    if tuning is not None:
+        how = [f"Adam, learning rate {tuning.learning_rate:g} cosine-decayed to 0"]
+        if result.fine_tune_images is not None:
+            how.append(f"{result.fine_tune_images} images")
+        data = f" on {result.fine_tune_data}" if result.fine_tune_data else ""
+        text += (f" B''_X is B'_X fine-tuned for {tuning.epochs} epochs{data} "
+                 f"({', '.join(how)}) with the pruned channels kept at zero; G''_X is the "
+                 "GoodNet of B and B''_X.")
+        if result.fine_tune_data == "the validation data":
+            text += " B''_X's validation accuracy is measured on the data it was tuned on."
+    return text
+
+
+def saved_files(result: RepairResult) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(caption, [(kind, path)]) of the networks written, per threshold."""
+    out = []
+    for row in result.rows:
+        name = f"X = {threshold_name(row.threshold)}"
+        if row.files:
+            out.append((name, list(row.files.items())))
+        if row.fine_tuned is not None and row.fine_tuned.files:
+            out.append((f"{name}, fine-tuned", list(row.fine_tuned.files.items())))
+    return out
+
+
+_COMPARISON = (
+    ("B'", "test_accuracy"), ("B'", "attack_success"),
+    ("B''", "test_accuracy"), ("B''", "attack_success"),
+    ("G", "test_accuracy"), ("G", "attack_success"),
+    ("G''", "test_accuracy"), ("G''", "attack_success"),
+)
+
+
+def _comparison_scores(row: ThresholdResult, model: str) -> Scores | None:
+    tuned = row.fine_tuned
+    return {"B'": row.repaired, "G": row.goodnet, "B''": tuned.repaired,
+            "G''": tuned.goodnet}[model]
+
+
+def comparison(result: RepairResult) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of `fine_pruning_table` (no cells when nothing was fine-tuned)."""
+    headers = ["X (% of baseline)" if result.config.relative else "X (points)",
+               "Channels pruned"]
+    headers += [f"{model} {'clean accuracy' if key == 'test_accuracy' else 'attack success'} (%)"
+                for model, key in _COMPARISON]
+    cells = []
+    for row in result.rows:
+        if row.fine_tuned is None:
+            continue
+        line = [threshold_name(row.threshold) + ("" if row.reached else " (not reached)"),
+                f"{row.num_pruned} of {result.channels}" if result.channels
+                else str(row.num_pruned)]
+        for model, key in _COMPARISON:
+            value = getattr(_comparison_scores(row, model) or Scores(), key)
+            line.append(MISSING if value is None else f"{value:.2f}")
+        cells.append(line)
+    return headers, cells
+
+
+def fine_pruning_table(result: RepairResult | Mapping) -> str:
+    """Pruning only vs fine-pruning, one line per threshold X, as a Markdown table.
+
+    Columns: X, channels pruned, then clean test accuracy and attack success rate of B'_X
+    (pruned only), B''_X (pruned, then fine-tuned), G_X (GoodNet of B and B'_X) and G''_X
+    (GoodNet of B and B''_X). Only fine-tuned thresholds appear.
+
+    Returns:
+        The Markdown table ending with a newline, or "" when nothing was fine-tuned.
+
+    Example:
+
+    >>> print(fine_pruning_table(result))
+    | X (points) | Channels pruned | B' clean accuracy (%) | ...
+    """
+    headers, cells = comparison(as_result(result))
+    if not cells:
+        return ""
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    return "\n".join("| " + " | ".join(line) + " |" for line in [headers, align, *cells]) + "\n"
+
+
+def markdown_report(result: RepairResult | Mapping) -> str:
+    """The whole `report.md`: title, settings, `markdown_table` and the saved files.
+
+    Example:
+
+    >>> Path("report.md").write_text(markdown_report(result))
+    """
+    result = as_result(result)
+    parts = [f"# {result.title}", "", settings(result), "", markdown_table(result).rstrip("\n")]
+    compared = fine_pruning_table(result)
+    if compared:
+        parts += ["", "## Pruning only vs fine-pruning", "", compared.rstrip("\n")]
+    files = saved_files(result)
+    if files:
+        parts += ["", "## Saved networks", ""]
+        for name, entries in files:
+            parts.append(f"- {name}: " + ", ".join(f"{k} `{v}`" for k, v in entries))
+    return "\n".join(parts) + "\n"
