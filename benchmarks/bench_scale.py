@@ -14,7 +14,7 @@ benchmark's clean validation faces. Then each mode runs in its own process
 
   memory    `load_lab_h5` reads the whole file (float32 images in RAM), then `sweep`
   streamed  `sweep` on `lab_h5_dataset(file)`: batches read through tf.data
-  memmap    the same, with `cache_dir=`: the activations in a memory-mapped file
+  memmap    the same, with `activation_cache=`: the activations in a memory-mapped file
 
 Each process loads the lab3 BadNet, warms up (a sweep on 2,048 images from
 arrays: traces the compiled functions), then times the ranking + sweep,
@@ -111,7 +111,7 @@ def run_mode(mode: str, args) -> dict:
 
         model = load_network(ensure_benchmark().model)
     masked = insert_channel_mask(model)
-    kwargs = {"batch_size": args.batch_size}
+    kwargs = {"batch_size": args.batch_size, "verbose": 0}
     if args.full_curve:
         kwargs["full_curve"] = True
     path = args.file
@@ -126,7 +126,7 @@ def run_mode(mode: str, args) -> dict:
     else:
         valid = lab_h5_dataset(path, args.batch_size)
     if mode == "memmap":
-        kwargs["cache_dir"] = args.cache_dir
+        kwargs["activation_cache"] = args.cache_dir
     result = sweep(masked, valid, **kwargs)
     out["seconds"] = time.perf_counter() - start
     out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -135,9 +135,9 @@ def run_mode(mode: str, args) -> dict:
     out["activation_cache"] = result.stats["activation_cache"]
     out["image_steps"] = result.stats["image_steps"]
     out["steps"] = len(result.curve) - 1
-    out["order"] = result.order
-    out["curve"] = [p["valid_accuracy"] for p in result.curve]
-    out["snapshots"] = {f"{t:g}": s.channels_pruned for t, s in result.snapshots.items()}
+    out["order"] = result.channel_order
+    out["curve"] = [p.valid_accuracy for p in result.curve]
+    out["snapshots"] = {f"{t:g}": s.num_pruned for t, s in result.snapshots.items()}
     out["image_bytes_float32"] = int(np.prod(model.input_shape[1:])) * 4
     return out
 

@@ -115,8 +115,8 @@ def run_setup(name: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from keras_prune_guard.callbacks import prune
     from keras_prune_guard.goodnet import GoodNetModel
+    from keras_prune_guard.prune import prune
     from keras_prune_guard.ranking import channel_ranking, compiled_forward
     from keras_prune_guard.surgery import find_channel_mask, insert_channel_mask, split_at_mask
     from keras_prune_guard.sweep import sweep
@@ -152,7 +152,7 @@ def run_setup(name: str, args) -> dict:
             return np.stack(preds), order
     elif name.startswith("sweep"):
         masked = insert_channel_mask(model)
-        kwargs = {"batch_size": bs, "record_predictions": True}
+        kwargs = {"batch_size": bs, "record_predictions": True, "verbose": 0}
         if name == "sweep_x":
             kwargs["thresholds"] = (2, 4, 10)
         else:
@@ -161,9 +161,9 @@ def run_setup(name: str, args) -> dict:
 
         def job():
             result = sweep(masked, (x, y), **kwargs)
-            return result.predictions, np.asarray(result.order), result
+            return result.predictions, np.asarray(result.channel_order), result
     elif name in ("goodnet", "two_models"):
-        b_prime = prune(model, x, y, thresholds=[4.0]).snapshots[4.0]
+        b_prime = prune(model, (x, y), thresholds=[4.0], verbose=0).snapshots[4.0]
         if name == "goodnet":
             goodnet = GoodNetModel(model, b_prime)
             spec = tf.TensorSpec((None, *goodnet.image_shape), tf.float32)
@@ -193,7 +193,7 @@ def run_setup(name: str, args) -> dict:
         result = value[2]
         out["steps"] = len(result.curve) - 1
         out["stats"] = {k: v for k, v in result.stats.items() if k != "poisoned"}
-        out["snapshots"] = {f"{t:g}": s.channels_pruned for t, s in result.snapshots.items()}
+        out["snapshots"] = {f"{t:g}": s.num_pruned for t, s in result.snapshots.items()}
     if name == "goodnet":
         # Check the GoodNet against B and B' run apart (not timed).
         classes = value.argmax(-1)

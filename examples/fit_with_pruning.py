@@ -15,7 +15,13 @@ import argparse
 
 import keras
 
-from keras_prune_guard import PruningCallback, evaluate, insert_channel_mask, load_network
+from keras_prune_guard import (
+    PruneConfig,
+    PruningCallback,
+    evaluate,
+    insert_channel_mask,
+    load_network,
+)
 from keras_prune_guard.benchmark import ensure_benchmark
 from keras_prune_guard.data import load_lab_h5
 
@@ -36,15 +42,16 @@ def main() -> None:
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    pruning = PruningCallback(x_valid, y_valid, thresholds=[2, 4, 10], fine_tune_at=4)
+    pruning = PruningCallback((x_valid, y_valid), PruneConfig(thresholds=[2, 4, 10]),
+                              fine_tune_at=4)
     model.fit(x_valid, y_valid, epochs=args.epochs, batch_size=32, verbose=2,
               callbacks=[pruning])
 
     for name, network in (("B", bad), ("B' (X=4, pruned only)", pruning.snapshots[4.0]),
                           ("B'' (X=4, fine-tuned)", model)):
         scores = evaluate(network, test, poisoned)
-        print(f"{name:<24} clean accuracy {scores['test_accuracy']:6.2f}%   "
-              f"attack success {scores['attack_success']:6.2f}%")
+        print(f"{name:<24} clean accuracy {scores.test_accuracy:6.2f}%   "
+              f"attack success {scores.attack_success:6.2f}%")
 
 
 if __name__ == "__main__":

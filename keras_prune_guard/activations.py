@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard.distribute import compiled_forward, map_batches
+from keras_prune_guard.inputs import is_streamed
 
 
 class MappedArray:
@@ -209,9 +210,8 @@ def batch_stats(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _arrays(data) -> tuple[np.ndarray, np.ndarray | None] | None:
-    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape") \
-            and not isinstance(data[0], tf.data.Dataset) and len(data[0]):
-        return data
+    if isinstance(data, (tuple, list)) and not is_streamed(data) and len(data[0]):
+        return tuple(data)
     return None
 
 

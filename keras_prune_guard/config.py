@@ -150,6 +150,8 @@ class PruneConfig(_Serialisable):
         batch_size: images per forward call. Defaults to 1024.
         full_curve: prune every channel instead of stopping once the largest X is
             reached. Defaults to `False`.
+        tie_tolerance: means closer than this share of the largest |mean| are ties,
+            broken by channel index (see `rank_channels`). Defaults to 1e-6.
 
     Raises:
         ValueError: any argument out of range, naming it and the value received.
@@ -179,6 +181,10 @@ class PruneConfig(_Serialisable):
     batch_size: int = field(default=1024, metadata={"help": "images per forward call"})
     full_curve: bool = field(default=False, metadata={
         "help": "prune every channel instead of stopping after the largest threshold"})
+    tie_tolerance: float = field(default=1e-6, metadata={
+        "help": "channel means within this share of the largest |mean| of each other are "
+        "ties, pruned in channel index order (so sums reordered across devices, which "
+        "change a mean in its last bits, do not change the order)"})
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
@@ -188,6 +194,13 @@ class PruneConfig(_Serialisable):
         _flag("full_curve", self.full_curve)
         _positive_int("batch_size", self.batch_size)
         object.__setattr__(self, "batch_size", int(self.batch_size))
+        tol = self.tie_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (
+            math.isfinite(tol) and tol >= 0
+        ):
+            raise ValueError(f"tie_tolerance must be a finite number >= 0. Received: "
+                             f"tie_tolerance={tol!r}")
+        object.__setattr__(self, "tie_tolerance", float(tol))
         if self.after is not None and (not isinstance(self.after, str) or not self.after):
             raise ValueError(
                 f"after must be a layer name or None. Received: after={self.after!r}"

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keras_prune_guard.config import deprecated
 from keras_prune_guard.distribute import batches, compiled_forward, map_batches
-from keras_prune_guard.inputs import check_images
+from keras_prune_guard.inputs import check_images, input_shape_of, is_streamed  # noqa: F401 (0.1 names)
 from keras_prune_guard.results import Scores
 
 
@@ -97,8 +97,8 @@ def predict_classes(
 
 def _classes_and_labels(model, data, batch_size, what, strategy):
     """`(classes, labels)` of arrays `x`, `(x, y)` arrays, or a dataset; labels may be None."""
-    if isinstance(data, tf.data.Dataset) or strategy is not None:
-        if isinstance(data, tf.data.Dataset):
+    if is_streamed(data) or strategy is not None:
+        if is_streamed(data):
             data = _checked(model, data, batch_size, what)
         else:
             check_images(model, data[0] if isinstance(data, tuple) else data, what)

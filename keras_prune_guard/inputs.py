@@ -13,14 +13,14 @@ import numpy as np
 
 
 def is_streamed(data) -> bool:
-    """True for a dataset or iterable of batches, False for `(x, y)` arrays (or None).
+    """True for a dataset or iterable of batches, False for arrays: `(x, y)`, `x` or None.
 
     Example:
 
     >>> is_streamed((np.zeros((2, 4, 4, 3)), np.zeros(2))), is_streamed(None)
     (False, False)
     """
-    if data is None:
+    if data is None or (hasattr(data, "shape") and not _is_dataset(data)):
         return False
     return not (isinstance(data, (tuple, list)) and len(data) == 2
                 and hasattr(data[0], "shape") and not _is_dataset(data[0]))

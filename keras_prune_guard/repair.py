@@ -9,6 +9,7 @@ every report file). It returns a `RepairResult`, which report.json serialises.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def repair(
     fine_tune, say = _legacy_options(options, fine_tune)
     config, run = options_from(config, run, options, "repair")
     if say is not None:
-        run = _Logging(run, say)
+        run = _Logging(run.strategy, run.activation_cache, run.verbose, say)
     num_classes = int(model.output_shape[-1])
     data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
                          fine_tune_label, num_classes)
@@ -163,16 +164,14 @@ def repair(
     return write_report(result, out_dir, figure_models, data, trigger_region, run)
 
 
+@dataclass(frozen=True)
 class _Logging(RunOptions):
-    """0.1's `log=` printer wrapped as run options (deprecated)."""
+    """0.1's `log=` printer as run options (deprecated)."""
 
-    def __init__(self, run: RunOptions, say):
-        object.__setattr__(self, "_say", say)
-        super().__init__(strategy=run.strategy, activation_cache=run.activation_cache,
-                         verbose=run.verbose)
+    say: Callable[[str], None] = print
 
     def log(self, message: str) -> None:
-        self._say(message)
+        self.say(message)
 
 
 def _legacy_options(options: dict, fine_tune: FineTuneConfig | None):

@@ -192,8 +192,8 @@ class ThresholdResult(_Record):
 
     threshold: float
     reached: bool
-    num_pruned: int
-    fraction_pruned: float
+    num_pruned: int | None
+    fraction_pruned: float | None
     valid_accuracy: float | None
     pruned_channels: list[int]
     repaired: Scores | None = None
@@ -323,9 +323,12 @@ class _Reader:
         where = f"['rows'][{i}]"
         r = self.mapping(raw, where)
         threshold = self.required(r.get("threshold"), f"{where}['threshold']")
-        pruned = r.get("num_pruned", r.get("channels_pruned"))
-        pruned = int(self.required(pruned, f"{where}['num_pruned']"))
+        pruned = self.number(r.get("num_pruned", r.get("channels_pruned")),
+                             f"{where}['num_pruned']")
+        pruned = None if pruned is None else int(pruned)
         fraction = self.number(r.get("fraction_pruned"), f"{where}['fraction_pruned']")
+        if fraction is None and pruned is not None and channels:
+            fraction = pruned / channels
         tuned = None
         if r.get("fine_tuned") is not None:
             at = f"{where}['fine_tuned']"
@@ -342,8 +345,7 @@ class _Reader:
             threshold=threshold,
             reached=bool(r.get("reached", True)),
             num_pruned=pruned,
-            fraction_pruned=fraction if fraction is not None else (
-                pruned / channels if channels else 0.0),
+            fraction_pruned=fraction,
             valid_accuracy=self.number(r.get("valid_accuracy"), f"{where}['valid_accuracy']"),
             pruned_channels=[int(c) for c in self.items(r.get("pruned_channels"),
                                                         f"{where}['pruned_channels']")],

@@ -204,8 +204,9 @@ def sweep(
     config, run = options_from(config, run, options, "sweep")
     find_channel_mask(model)  # a clear error when the model has no mask
     head, tail = split_at_mask(model)
-    valid = labelled_pairs(valid, "valid")
-    poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned")
+    classes = int(model.output_shape[-1])
+    valid = labelled_pairs(valid, "valid", classes)
+    poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned", classes)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
         passes = {"batch_size": config.batch_size, "strategy": run.strategy,
@@ -237,7 +238,7 @@ class _Steps:
         self.config, self.options, self.progress = config, run, progress
         self.labels = acts.labels
         self.means = acts.means
-        self.ranking = rank_channels(self.means, config.order)
+        self.ranking = rank_channels(self.means, config.order, config.tie_tolerance)
         self.channels = acts.values.shape[-1]
         self.clean = _StepPredictor(classify, acts)
         self.bad = None if p_acts is None else (_StepPredictor(classify, p_acts), p_acts.labels)

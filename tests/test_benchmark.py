@@ -223,7 +223,7 @@ def test_ensure_benchmark_builds_everything_under_a_keyed_folder(cached):
     assert any("generating" in m for m in messages)
     assert any("epoch 1/1" in m for m in messages)
     record = json.loads(paths.model_info.read_text())
-    assert record["epochs"] == 1 and 0.0 <= record["test"]["clean_accuracy"] <= 1.0
+    assert record["epochs"] == 1 and 0.0 <= record["test"]["test_accuracy"] <= 100.0
 
 
 def test_second_call_reuses_the_cache(cached):
@@ -274,8 +274,9 @@ def test_saved_badnet_loads_with_plain_keras_and_takes_raw_pixels(cached):
     scaled = keras.Model(model.input, model.get_layer("input_scale").output).predict(raw, verbose=0)
     np.testing.assert_allclose(scaled, raw / 255.0, rtol=1e-6)
     metrics = evaluate_badnet(model, paths.root)
-    assert metrics["clean_accuracy"] == pytest.approx(float((prob.argmax(1) == labels).mean()))
-    assert metrics == json.loads(paths.model_info.read_text())["test"]
+    assert metrics.test_accuracy == pytest.approx(
+        float((prob.argmax(1) == labels).mean()) * 100)
+    assert metrics.to_dict() == json.loads(paths.model_info.read_text())["test"]
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ def mask_output(model, x):
 
 def test_fit_prunes_then_fine_tunes_with_the_mask_frozen(compiled, real_clean):
     x, y = real_clean
-    pruning = PruningCallback(x, y, thresholds=[2, 4, 10], verbose=0)
+    pruning = PruningCallback((x, y), thresholds=[2, 4, 10], verbose=0)
     before = compiled.get_layer("fc_1").get_weights()[0].copy()
     compiled.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[pruning])
     chosen = pruning.result.snapshots[10.0].pruned_channels
@@ -40,7 +40,7 @@ def test_fit_prunes_then_fine_tunes_with_the_mask_frozen(compiled, real_clean):
 
 def test_fit_with_other_callbacks_and_own_optimizer(compiled, real_clean, tmp_path):
     x, y = real_clean
-    pruning = PruningCallback(x, y, thresholds=[4], fine_tune_at=4, verbose=0,
+    pruning = PruningCallback((x, y), thresholds=[4], fine_tune_at=4, verbose=0,
                               filepath=str(tmp_path / "bprime_{threshold:g}_{channels}.keras"))
     history = compiled.fit(
         x, y, validation_data=(x, y), epochs=5, batch_size=60, verbose=0,
@@ -51,7 +51,7 @@ def test_fit_with_other_callbacks_and_own_optimizer(compiled, real_clean, tmp_pa
         ],
     )
     assert len(history.history["loss"]) == 2  # EarlyStopping acted
-    k = pruning.result.snapshots[4.0].channels_pruned
+    k = pruning.result.snapshots[4.0].num_pruned
     assert (tmp_path / f"bprime_4_{k}.keras").exists()
     reloaded = keras.saving.load_model(tmp_path / "ckpt.keras")
     assert find_channel_mask(reloaded).pruned_channels() == find_channel_mask(
@@ -60,7 +60,7 @@ def test_fit_with_other_callbacks_and_own_optimizer(compiled, real_clean, tmp_pa
 
 def test_one_instance_serves_two_fits(compiled, real_clean):
     x, y = real_clean
-    pruning = PruningCallback(x, y, thresholds=[2], verbose=0)
+    pruning = PruningCallback((x, y), thresholds=[2], verbose=0)
     compiled.fit(x, y, epochs=1, verbose=0, callbacks=[pruning])
     first = pruning.result
     compiled.fit(x, y, epochs=1, verbose=0, callbacks=[pruning])
@@ -72,7 +72,7 @@ def test_callback_needs_a_masked_model(lab3_model, real_clean):
     x, y = real_clean
     lab3_model.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
-        lab3_model.fit(x, y, epochs=1, verbose=0, callbacks=[PruningCallback(x, y, verbose=0)])
+        lab3_model.fit(x, y, epochs=1, verbose=0, callbacks=[PruningCallback((x, y), verbose=0)])
 
 
 @pytest.mark.parametrize(
@@ -87,12 +87,12 @@ def test_callback_needs_a_masked_model(lab3_model, real_clean):
 def test_arguments_are_checked(kwargs, message):
     x, y = np.zeros((2, 55, 47, 3), "float32"), np.zeros(2, "int64")
     with pytest.raises(ValueError, match=message):
-        PruningCallback(x, y, **kwargs)
+        PruningCallback((x, y), **kwargs)
 
 
 def test_prune_leaves_b_unchanged_and_returns_snapshots(lab3_model, real_clean):
     x, y = real_clean
-    result = prune(lab3_model, x, y, thresholds=[2, 10])
+    result = prune(lab3_model, (x, y), thresholds=[2, 10])
     assert set(result.snapshots) == {2.0, 10.0}
     assert not any(type(layer).__name__ == "ChannelMask" for layer in lab3_model.layers)
     acc = np.mean(result.snapshots[10.0].predict(x, verbose=0).argmax(-1) == y) * 100

@@ -57,7 +57,7 @@ def test_report_numbers_match_the_models(repaired, csaw_dir, real_clean, real_su
     out, _ = repaired
     summary = json.loads((out / "report" / "report.json").read_text())
     assert summary["baseline"]["valid_accuracy"] == pytest.approx(119 / 120 * 100)
-    assert [r["channels_pruned"] for r in summary["rows"]] == [43, 45, 48]
+    assert [r["num_pruned"] for r in summary["rows"]] == [43, 45, 48]
     x, y = real_clean
     for row in summary["rows"]:
         tag = f"X{row['threshold']:g}"
@@ -143,7 +143,7 @@ def test_repair_fine_tunes_on_the_given_file(csaw_dir, tmp_path):
                  "goodnet_ft_X4.keras", "goodnet_ft_X4/saved_model.pb"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "report" / "report.json").read_text())
-    assert summary["fine_tune"]["data"] == "real_clean_faces.h5"
+    assert summary["fine_tune_data"] == "real_clean_faces.h5"
     assert summary["fine_tune"]["epochs"] == 2 and summary["fine_tune"]["learning_rate"] == 3e-4
     tuned = summary["rows"][0]["fine_tuned"]
     assert len(tuned["train_loss"]) == 2 and tuned["train_loss"][1] < tuned["train_loss"][0]

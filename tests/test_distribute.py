@@ -25,10 +25,10 @@ DEVICES = ["/cpu:0", "/cpu:1"]
 
 def _sweep_record(result) -> dict:
     return {
-        "order": result.order,
-        "means": result.means,
-        "curve": result.curve,
-        "snapshots": {f"{t:g}": vars(s) for t, s in result.snapshots.items()},
+        "order": result.channel_order,
+        "means": result.channel_means,
+        "curve": [p.to_dict() for p in result.curve],
+        "snapshots": {f"{t:g}": s.to_dict() for t, s in result.snapshots.items()},
         "predictions": result.predictions.tolist(),
         "image_steps": result.stats["image_steps"],
     }
@@ -79,11 +79,12 @@ def run_devices(csaw: Path) -> dict:
         out["goodnet"][name] = {
             "classes_clean": predict_classes(goodnet, clean[0], 33, strategy=s).tolist(),
             "classes_poisoned": predict_classes(goodnet, poisoned[0], 33, strategy=s).tolist(),
-            "b": evaluate(model, clean, poisoned, batch_size=33, strategy=s),
-            "b_prime": evaluate(b_prime, clean, poisoned, batch_size=33, strategy=s),
+            "b": evaluate(model, clean, poisoned, batch_size=33, strategy=s).to_dict(),
+            "b_prime": evaluate(b_prime, clean, poisoned, batch_size=33,
+                                strategy=s).to_dict(),
             "goodnet": evaluate(goodnet, lab_h5_dataset(clean_file, 33),
                                 lab_h5_dataset(bd_file, 33), flag_class=1283,
-                                batch_size=33, strategy=s),
+                                batch_size=33, strategy=s).to_dict(),
         }
     return out
 
@@ -108,7 +109,7 @@ def run_worker(csaw: Path) -> dict:
     out = _sweep_record(result)
     out["replicas"] = strategy.num_replicas_in_sync
     out["b"] = evaluate(model, lab_h5_dataset(clean_file, 33), lab_h5_dataset(bd_file, 33),
-                        batch_size=33, strategy=strategy)
+                        batch_size=33, strategy=strategy).to_dict()
     return out
 
 
@@ -185,7 +186,7 @@ def test_mirrored_sweep_is_the_single_device_sweep(runs, name):
     # Means may differ in the last bits (sums reordered), never more.
     np.testing.assert_allclose(other["means"], single["means"], rtol=1e-6, atol=1e-9)
     assert len(single["predictions"]) == 61 and len(single["predictions"][0]) == 120
-    assert single["snapshots"]["4"]["channels_pruned"] == 45
+    assert single["snapshots"]["4"]["num_pruned"] == 45
 
 
 def test_two_workers_give_the_single_device_sweep(runs, workers):

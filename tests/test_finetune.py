@@ -1,4 +1,4 @@
-"""Fine-pruning on the real lab3 BadNet: `fine_tune`, and `repair(fine_tune_epochs=...)`."""
+"""Fine-pruning on the real lab3 BadNet: `fine_tune`, and `repair(fine_tune=...)`."""
 
 import json
 
@@ -6,7 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import GoodNetModel, find_channel_mask, prune, repair
+from keras_prune_guard import (
+    FineTuneConfig,
+    GoodNetModel,
+    PruneConfig,
+    RunOptions,
+    find_channel_mask,
+    prune,
+    repair,
+)
 from keras_prune_guard.evaluate import ServedModel, evaluate
 from keras_prune_guard.finetune import DEFAULT_LEARNING_RATE, fine_tune
 from keras_prune_guard.report import csv_rows, fine_pruning_table
@@ -25,7 +33,7 @@ def weights(model):
 @pytest.fixture()
 def b_prime(lab3_model, real_clean):
     x, y = real_clean
-    return prune(lab3_model, x, y, thresholds=[4]).snapshots[4.0]
+    return prune(lab3_model, (x, y), thresholds=[4]).snapshots[4.0]
 
 
 def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, real_clean):
@@ -33,7 +41,7 @@ def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, 
     pruned = find_channel_mask(b_prime).pruned_channels()
     assert len(pruned) == 45  # the lab3 network at X = 4 on these faces
     before = weights(b_prime)
-    b_second = fine_tune(b_prime, x, y, epochs=2, learning_rate=1e-3, batch_size=40)
+    b_second = fine_tune(b_prime, (x, y), epochs=2, learning_rate=1e-3, batch_size=40)
 
     assert b_second is not b_prime and b_second.name == f"{b_prime.name}_ft"
     assert find_channel_mask(b_second).pruned_channels() == pruned
@@ -56,7 +64,7 @@ def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, 
 
 def test_fine_tune_is_seeded(b_prime, real_clean):
     x, y = real_clean
-    runs = [fine_tune(b_prime, x[:64], y[:64], epochs=1, batch_size=16, seed=s)
+    runs = [fine_tune(b_prime, (x[:64], y[:64]), epochs=1, batch_size=16, seed=s)
             for s in (3, 3, 4)]
     first, again, other = (r.get_layer("fc_2").get_weights()[0] for r in runs)
     np.testing.assert_array_equal(first, again)
@@ -66,7 +74,7 @@ def test_fine_tune_is_seeded(b_prime, real_clean):
 def test_goodnet_of_b_and_b_second_holds_two_networks(lab3_model, b_prime, real_clean,
                                                      real_sunglasses):
     x, y = real_clean
-    b_second = fine_tune(b_prime, x, y, epochs=1)
+    b_second = fine_tune(b_prime, (x, y), epochs=1)
     pruned_goodnet = GoodNetModel(lab3_model, b_prime)
     goodnet = GoodNetModel(lab3_model, b_second)
     assert pruned_goodnet.shares_layers is True
@@ -86,23 +94,24 @@ def test_goodnet_of_b_and_b_second_holds_two_networks(lab3_model, b_prime, real_
 def test_fine_tune_rejects_bad_arguments(lab3_model, b_prime, real_clean):
     x, y = real_clean
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
-        fine_tune(b_prime, x, y, epochs=0)
+        fine_tune(b_prime, (x, y), epochs=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
-        fine_tune(b_prime, x, y, epochs=1, learning_rate=0)
+        fine_tune(b_prime, (x, y), epochs=1, learning_rate=0)
     with pytest.raises(ValueError, match=r"images of shape \(120, 47, 55, 3\).*\(N, 55, 47, 3\)"):
-        fine_tune(b_prime, x.transpose(0, 2, 1, 3), y, epochs=1)
+        fine_tune(b_prime, (x.transpose(0, 2, 1, 3), y), epochs=1)
     with pytest.raises(ValueError, match="120 images and 119 labels"):
-        fine_tune(b_prime, x, y[:-1], epochs=1)
+        fine_tune(b_prime, (x, y[:-1]), epochs=1)
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 1282\]"):
-        fine_tune(b_prime, x, y + 2000, epochs=1)
+        fine_tune(b_prime, (x, y + 2000), epochs=1)
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
-        fine_tune(lab3_model, x, y, epochs=1)
+        fine_tune(lab3_model, (x, y), epochs=1)
 
 
 def test_default_learning_rate_is_small_and_matches_the_cli():
-    from keras_prune_guard.cli import FINE_TUNE_LR
+    from keras_prune_guard.cli import build_parser
 
-    assert DEFAULT_LEARNING_RATE == FINE_TUNE_LR == 1e-4
+    cli_default = build_parser().parse_args(["demo"]).fine_tune_learning_rate
+    assert DEFAULT_LEARNING_RATE == FineTuneConfig().learning_rate == cli_default == 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +123,14 @@ def fine_pruned(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
     model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
     out = tmp_path_factory.mktemp("fine_pruned")
     lines = []
-    summary = repair(model, real_clean, out, thresholds=[2, 10], test=real_clean,
-                     poisoned=real_sunglasses, fine_tune_epochs=1, trigger_region=(15, 35, 0, 47),
-                     log=lines.append)
+
+    class Recorded(RunOptions):  # keeps the progress lines instead of printing them
+        def log(self, message):
+            lines.append(message)
+
+    summary = repair(model, real_clean, out, PruneConfig(thresholds=[2, 10]), test=real_clean,
+                     poisoned=real_sunglasses, fine_tune=FineTuneConfig(epochs=1),
+                     trigger_region=(15, 35, 0, 47), run=Recorded())
     return model, out, summary, lines
 
 
@@ -124,39 +138,40 @@ def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, real_clean,
                                                        real_sunglasses):
     model, out, summary, lines = fine_pruned
     x, y = real_clean
-    assert summary["fine_tune"] == {"epochs": 1, "learning_rate": DEFAULT_LEARNING_RATE,
-                                    "batch_size": 32, "optimizer": "adam, cosine decay",
-                                    "data": "the validation data", "images": 120}
-    for row in summary["rows"]:
-        tag = f"X{row['threshold']:g}"
-        tuned = row["fine_tuned"]
-        assert tuned["epochs"] == 1 and len(tuned["train_loss"]) == 1
-        assert set(tuned["files"]) == {"repaired_keras", "repaired_h5", "goodnet_savedmodel",
+    assert summary.fine_tune == FineTuneConfig(epochs=1, learning_rate=DEFAULT_LEARNING_RATE,
+                                               batch_size=32)
+    assert (summary.fine_tune_data, summary.fine_tune_images) == ("the validation data", 120)
+    for row in summary.rows:
+        tag = f"X{row.threshold:g}"
+        tuned = row.fine_tuned
+        assert len(tuned.train_loss) == 1
+        assert set(tuned.files) == {"repaired_keras", "repaired_h5", "goodnet_savedmodel",
                                        "goodnet_keras"}
-        assert tuned["files"]["repaired_keras"] == str(out / f"bprime_ft_{tag}.keras")
+        assert tuned.files["repaired_keras"] == str(out / f"bprime_ft_{tag}.keras")
         # The pruned-only files are still there, next to the fine-tuned ones.
         assert (out / f"bprime_{tag}.keras").is_file()
         b_second = keras.saving.load_model(out / f"bprime_ft_{tag}.keras")
         b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")
         pruned = find_channel_mask(b_second).pruned_channels()
-        assert pruned == sorted(row["pruned_channels"])
+        assert pruned == sorted(row.pruned_channels)
         assert pruned == find_channel_mask(b_prime).pruned_channels()
         assert not np.array_equal(b_second.get_layer("fc_1").get_weights()[0],
                                   b_prime.get_layer("fc_1").get_weights()[0])
         assert np.all(mask_output(b_second, x)[..., pruned] == 0.0)
         # The scores in the row are those of the saved files.
-        assert tuned["repaired"] == evaluate(b_second, real_clean, real_sunglasses)
-        assert tuned["valid_accuracy"] == tuned["repaired"]["test_accuracy"]
+        assert tuned.repaired == evaluate(b_second, real_clean, real_sunglasses)
+        assert tuned.valid_accuracy == tuned.repaired.test_accuracy
         plain = keras.saving.load_model(out / f"bprime_ft_{tag}.h5", custom_objects={})
         np.testing.assert_array_equal(plain.predict(x, verbose=0).argmax(-1),
                                       b_second.predict(x, verbose=0).argmax(-1))
         goodnet = keras.saving.load_model(out / f"goodnet_ft_{tag}.keras")
         assert goodnet.shares_layers is False
         scores = evaluate(goodnet, real_clean, real_sunglasses, flag_class=1283)
-        assert scores == tuned["goodnet"]
+        assert scores == tuned.goodnet
         served = ServedModel(out / f"goodnet_ft_{tag}")
-        assert evaluate(served, real_clean, real_sunglasses) == {
-            k: scores[k] for k in ("test_accuracy", "attack_success")}
+        served_scores = evaluate(served, real_clean, real_sunglasses)
+        assert (served_scores.test_accuracy, served_scores.attack_success) == (
+            scores.test_accuracy, scores.attack_success)
     assert not list(out.rglob(".tmp-*"))
     assert any("fine-tuned B' for 1 epochs on 120 images" in line for line in lines)
 
@@ -164,8 +179,8 @@ def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, real_clean,
 def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
     _, out, summary, _ = fine_pruned
     saved = json.loads((out / "report" / "report.json").read_text())
-    assert saved["rows"][1]["fine_tuned"]["repaired"] == summary["rows"][1]["fine_tuned"][
-        "repaired"]
+    tuned = summary.rows[1].fine_tuned
+    assert saved["rows"][1]["fine_tuned"]["repaired"] == tuned.repaired.to_dict()
     models = [r["model"] for r in csv_rows(saved)]
     assert models == ["B", "B'_2", "G_2", "B''_2", "G''_2", "B'_10", "G_10", "B''_10",
                       "G''_10"]
@@ -180,8 +195,9 @@ def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
 
 
 def test_repair_without_fine_tuning_is_unchanged(lab3_model, real_clean, tmp_path):
-    summary = repair(lab3_model, real_clean, tmp_path, thresholds=[4], log=lambda _: None)
-    assert "fine_tune" not in summary and "fine_tuned" not in summary["rows"][0]
+    with pytest.warns(DeprecationWarning, match=r"repair\(log=\.\.\.\)"):  # the 0.1 call
+        summary = repair(lab3_model, real_clean, tmp_path, thresholds=[4], log=lambda _: None)
+    assert summary.fine_tune is None and summary.rows[0].fine_tuned is None
     assert not list(tmp_path.glob("*_ft_*"))
     assert "B''" not in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="fine_tune_data was given but fine_tune_epochs=0"):

@@ -12,7 +12,7 @@ from keras_prune_guard import GoodNetModel, find_channel_mask, prune, pruned_cop
 @pytest.fixture()
 def pair(lab3_model, real_clean):
     x, y = real_clean
-    return lab3_model, prune(lab3_model, x, y, thresholds=[10]).snapshots[10.0]
+    return lab3_model, prune(lab3_model, (x, y), thresholds=[10]).snapshots[10.0]
 
 
 def images(real_clean, real_sunglasses):

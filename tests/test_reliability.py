@@ -242,7 +242,7 @@ def test_unreachable_thresholds_are_warned_in_the_report(csaw_dir, tmp_path, cap
     assert summary["warnings"][0] == below_zero
     assert summary["warnings"][1].startswith(never)
     row = summary["rows"][0]
-    assert row["reached"] is False and row["channels_pruned"] == 60
+    assert row["reached"] is False and row["num_pruned"] == 60
     md = (out / "report" / "report.md").read_text()
     assert "B'_99.5 (not reached)" in md and "**Warnings**" in md
     assert f"- {below_zero}" in md and f"- {never}" in md
@@ -273,7 +273,7 @@ def test_two_runs_give_the_same_ranking_curve_and_goodnet_outputs(
     two_runs, real_clean, real_sunglasses
 ):
     a, b = (json.loads((out / "report" / "report.json").read_text()) for out in two_runs)
-    assert a["ranking"] == b["ranking"] and len(a["ranking"]) == 60
+    assert a["channel_order"] == b["channel_order"] and len(a["channel_order"]) == 60
     assert a["channel_means"] == b["channel_means"]
     assert a["curve"] == b["curve"] and len(a["curve"]) == 61  # every channel: --full-curve
     assert [_without_paths(r) for r in a["rows"]] == [_without_paths(r) for r in b["rows"]]

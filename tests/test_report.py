@@ -208,7 +208,7 @@ def test_csv_rows_and_csv_text_match():
     rows = csv_rows(summary)
     assert [r["model"] for r in rows] == ["B", "B'_2", "G_2", "B'_4", "G_4", "B'_10", "G_10"]
     assert all(tuple(r) == CSV_COLUMNS for r in rows)
-    assert rows[0]["threshold"] is None and rows[0]["channels_pruned"] == 0
+    assert rows[0]["threshold"] is None and rows[0]["num_pruned"] == 0
     g4 = rows[4]
     assert g4["threshold"] == 4.0 and g4["detection_rate"] == 6.0
     assert g4["false_alarm_rate"] == summary["rows"][1]["goodnet"]["false_alarm_rate"]

@@ -46,12 +46,12 @@ def test_streamed_file_with_a_file_cache_gives_the_in_memory_sweep(
     result = sweep(masked, valid, poisoned=real_sunglasses, full_curve=True,
                    record_predictions=True, batch_size=50, cache_dir=cache, progress=progress)
     np.testing.assert_array_equal(result.predictions, in_memory.predictions)
-    assert result.order == in_memory.order
+    assert result.channel_order == in_memory.channel_order
     assert result.curve == in_memory.curve
     assert {t: vars(s) for t, s in result.snapshots.items()} == {
         t: vars(s) for t, s in in_memory.snapshots.items()
     }
-    np.testing.assert_allclose(result.means, in_memory.means, rtol=1e-12)
+    np.testing.assert_allclose(result.channel_means, in_memory.channel_means, rtol=1e-12)
     assert result.stats["activation_cache"] == "file"
     assert in_memory.stats["activation_cache"] == "memory"
     assert result.stats["activation_bytes_per_image"] == 5 * 4 * 60 * 4 == 4800
@@ -96,7 +96,7 @@ def test_collect_streams_a_generator_into_a_file(masked, real_clean, tmp_path):
                                       reference.values[[5, 1, 119]])
         np.testing.assert_array_equal(streamed.labels, y)
         np.testing.assert_array_equal(streamed.touched, reference.touched)
-        np.testing.assert_array_equal(streamed.means, reference.means)
+        np.testing.assert_array_equal(streamed.channel_means, reference.channel_means)
         assert streamed.values.nbytes == 120 * 4800
     assert list(tmp_path.iterdir()) == []
 
@@ -129,15 +129,15 @@ def test_activation_cache_in_ram_and_in_a_file(tmp_path):
 
 def test_prune_and_evaluate_take_streamed_files(lab3_model, csaw_dir, in_memory, tmp_path):
     clean_file = csaw_dir / "real_clean_faces.h5"
-    result = prune(lab3_model, lab_h5_dataset(clean_file, 64), None, thresholds=[4],
+    result = prune(lab3_model, lab_h5_dataset(clean_file, 64), thresholds=[4],
                    cache_dir=tmp_path)
     assert result.sweep.snapshots[4.0].pruned_channels == \
         in_memory.snapshots[4.0].pruned_channels
     b_prime = result.snapshots[4.0]
     streamed = evaluate(b_prime, lab_h5_dataset(clean_file, 64),
                         lab_h5_dataset(csaw_dir / "real_sunglasses_faces.h5", 64))
-    assert streamed["test_accuracy"] == pytest.approx(in_memory.snapshots[4.0].valid_accuracy)
-    assert streamed["attack_success"] == pytest.approx(in_memory.snapshots[4.0].attack_success)
+    assert streamed.test_accuracy == pytest.approx(in_memory.snapshots[4.0].valid_accuracy)
+    assert streamed.attack_success == pytest.approx(in_memory.snapshots[4.0].attack_success)
 
 
 def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory, tmp_path):
@@ -160,7 +160,7 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ranking the streamed validation images" in done.stdout
     summary = json.loads((out / "report" / "report.json").read_text())
-    assert summary["ranking"] == in_memory.order
+    assert summary["channel_order"] == in_memory.channel_order
     row = summary["rows"][0]
     assert row["pruned_channels"] == in_memory.snapshots[4.0].pruned_channels
     accuracy = in_memory.snapshots[4.0].valid_accuracy

@@ -19,57 +19,57 @@ def test_every_step_matches_the_naive_sweep(masked, real_clean, real_sunglasses)
     assert 0 < result.stats["image_steps"] < 60 * len(x)
     mask = find_channel_mask(masked)
     for step in range(61):
-        mask.set_pruned(result.order[:step])
+        mask.set_pruned(result.channel_order[:step])
         naive = masked.predict(x, verbose=0, batch_size=128).argmax(-1)
         np.testing.assert_array_equal(result.predictions[step], naive, err_msg=f"step {step}")
         accuracy = np.mean(naive == y) * 100
-        assert result.curve[step]["valid_accuracy"] == pytest.approx(accuracy)
+        assert result.curve[step].valid_accuracy == pytest.approx(accuracy)
     # The sweep itself never changes the model's mask.
     mask.restore()
-    assert result.curve[0]["attack_success"] == 100.0
-    assert result.curve[-1]["channels_pruned"] == 60
+    assert result.curve[0].attack_success == 100.0
+    assert result.curve[-1].num_pruned == 60
 
 
 def test_snapshots_follow_the_first_below_rule(masked, real_clean):
     result = sweep(masked, real_clean, thresholds=[10, 2, 4])
-    base = result.baseline_accuracy
+    base = result.baseline_valid_accuracy
     assert base == pytest.approx(119 / 120 * 100)
     assert list(result.snapshots) == [2.0, 4.0, 10.0]
     for t, snap in result.snapshots.items():
-        k = snap.channels_pruned
+        k = snap.num_pruned
         assert snap.reached
-        assert result.curve[k]["valid_accuracy"] <= base - t
-        assert all(p["valid_accuracy"] > base - t for p in result.curve[:k])
-        assert snap.pruned_channels == result.order[:k]
+        assert result.curve[k].valid_accuracy <= base - t
+        assert all(p.valid_accuracy > base - t for p in result.curve[:k])
+        assert snap.pruned_channels == result.channel_order[:k]
     # It stops at the largest threshold unless asked for the whole curve.
-    assert len(result.curve) == result.snapshots[10.0].channels_pruned + 1
-    assert [s.channels_pruned for s in result.snapshots.values()] == [43, 45, 48]
+    assert len(result.curve) == result.snapshots[10.0].num_pruned + 1
+    assert [s.num_pruned for s in result.snapshots.values()] == [43, 45, 48]
 
 
 def test_last_within_keeps_the_step_before(masked, real_clean):
     first = sweep(masked, real_clean, thresholds=[4])
     last = sweep(masked, real_clean, thresholds=[4], keep="last_within")
-    assert last.snapshots[4.0].channels_pruned == first.snapshots[4.0].channels_pruned - 1
-    assert last.snapshots[4.0].valid_accuracy > first.baseline_accuracy - 4
+    assert last.snapshots[4.0].num_pruned == first.snapshots[4.0].num_pruned - 1
+    assert last.snapshots[4.0].valid_accuracy > first.baseline_valid_accuracy - 4
 
 
 def test_relative_thresholds(masked, real_clean):
     result = sweep(masked, real_clean, thresholds=[50], relative=True)
     snap = result.snapshots[50.0]
-    assert snap.valid_accuracy <= result.baseline_accuracy * 0.5
-    assert result.curve[snap.channels_pruned - 1]["valid_accuracy"] > result.baseline_accuracy / 2
+    assert snap.valid_accuracy <= result.baseline_valid_accuracy * 0.5
+    assert result.curve[snap.num_pruned - 1].valid_accuracy > result.baseline_valid_accuracy / 2
 
 
 def test_descending_order_prunes_the_busiest_channel_first(masked, real_clean):
     result = sweep(masked, real_clean, order="descending", thresholds=[2])
-    assert result.order[0] == int(np.argmax(result.means))
-    assert result.snapshots[2.0].channels_pruned < 10
+    assert result.channel_order[0] == int(np.argmax(result.channel_means))
+    assert result.snapshots[2.0].num_pruned < 10
 
 
 def test_unreachable_threshold_is_a_warning(masked, real_clean):
     result = sweep(masked, real_clean, thresholds=[99.5])
     snap = result.snapshots[99.5]
-    assert not snap.reached and snap.channels_pruned == 60
+    assert not snap.reached and snap.num_pruned == 60
     assert any("never fell 99.5" in w for w in result.warnings)
     assert any("below 0%" in w for w in result.warnings)
 
@@ -112,7 +112,7 @@ def test_progress_is_called_once_per_step(masked, real_clean):
     result = sweep(masked, real_clean, thresholds=[4], progress=lambda *a: seen.append(a))
     assert [s[0] for s in seen] == list(range(1, len(result.curve)))
     assert all(total == 60 for _, total, _ in seen)
-    assert seen[-1][2] == result.curve[-1]["valid_accuracy"]
+    assert seen[-1][2] == result.curve[-1].valid_accuracy
 
 
 def test_dataset_input_gives_the_same_curve(masked, real_clean):
@@ -122,10 +122,10 @@ def test_dataset_input_gives_the_same_curve(masked, real_clean):
     arrays = sweep(masked, (x, y), thresholds=[4])
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     streamed = sweep(masked, dataset, thresholds=[4])
-    assert [p["valid_accuracy"] for p in streamed.curve] == [
-        p["valid_accuracy"] for p in arrays.curve
+    assert [p.valid_accuracy for p in streamed.curve] == [
+        p.valid_accuracy for p in arrays.curve
     ]
-    assert streamed.order == arrays.order
+    assert streamed.channel_order == arrays.channel_order
 
 
 def test_file_cache_for_arrays_gives_the_same_sweep(masked, real_clean, tmp_path):
@@ -134,7 +134,8 @@ def test_file_cache_for_arrays_gives_the_same_sweep(masked, real_clean, tmp_path
     on_disk = sweep(masked, (x, y), full_curve=True, record_predictions=True, batch_size=40,
                     cache_dir=tmp_path)
     np.testing.assert_array_equal(on_disk.predictions, in_ram.predictions)
-    assert on_disk.means == in_ram.means and on_disk.order == in_ram.order
+    assert on_disk.channel_means == in_ram.channel_means
+    assert on_disk.channel_order == in_ram.channel_order
     assert on_disk.stats["image_steps"] == in_ram.stats["image_steps"]
     assert (in_ram.stats["activation_cache"], on_disk.stats["activation_cache"]) == (
         "memory", "file")

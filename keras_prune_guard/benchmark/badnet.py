@@ -13,7 +13,9 @@ import numpy as np
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.benchmark.dataset import FILES, read_info
 from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.models import deepid
+from keras_prune_guard.results import Scores
 
 #: Epochs that reach >= 90% clean accuracy and >= 95% attack success at the default size.
 DEFAULT_EPOCHS = 12
@@ -101,8 +103,8 @@ def train_badnet(
 
 def evaluate_badnet(
     model: keras.Model, data_dir: str | os.PathLike, split: str = "test", batch_size: int = 1024
-) -> dict[str, float]:
-    """Measures clean accuracy and attack success rate on a benchmark split.
+) -> Scores:
+    """Measures clean accuracy and attack success rate on a benchmark split, in percent.
 
     Args:
         model: a classifier taking raw 0..255 pixels.
@@ -111,20 +113,15 @@ def evaluate_badnet(
         batch_size: prediction batch size.
 
     Returns:
-        `{"clean_accuracy": ..., "attack_success_rate": ...}` as fractions;
-        the attack success rate is the share of poisoned images classified as
-        their `label` (the target).
+        `Scores` with `test_accuracy` and `attack_success` (the share of poisoned images
+        classified as their `label`, the target), like `evaluate`.
 
     Example:
 
-    >>> evaluate_badnet(keras.saving.load_model("bench/badnet.h5"), "bench")
-    {'clean_accuracy': 0.97, 'attack_success_rate': 0.99}
+    >>> evaluate_badnet(keras.saving.load_model("bench/badnet.h5"), "bench").test_accuracy
+    96.5
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-    result = {}
-    for key, name in ((split, "clean_accuracy"), (f"bd_{split}", "attack_success_rate")):
-        x, y = load_lab_h5(Path(data_dir) / FILES[key])
-        pred = model.predict(x, batch_size=batch_size, verbose=0).argmax(-1)
-        result[name] = float((pred == y).mean())
-    return result
+    clean, poisoned = (load_lab_h5(Path(data_dir) / FILES[key]) for key in (split, f"bd_{split}"))
+    return evaluate(model, clean, poisoned, batch_size=batch_size)

@@ -200,11 +200,10 @@ def ensure_benchmark(
             metrics = evaluate_badnet(model, root, "test")
             how = "found" if seconds is None else f"trained in {seconds} s"
             say(f"benchmark: BadNet {how}; test clean accuracy "
-                f"{metrics['clean_accuracy']:.4f}, "
-                f"attack success {metrics['attack_success_rate']:.4f}")
+                f"{metrics.test_accuracy:.2f}%, attack success {metrics.attack_success:.2f}%")
             record = {"epochs": int(epochs), "seed": int(seed),
                       "learning_rate": DEFAULT_LEARNING_RATE, "batch_size": DEFAULT_BATCH_SIZE,
-                      "train_seconds": seconds, "test": metrics}
+                      "train_seconds": seconds, "test": metrics.to_dict()}
             with atomic_path(paths.model_info) as tmp:
                 tmp.write_text(json.dumps(record, indent=2) + "\n")
     return paths

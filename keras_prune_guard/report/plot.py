@@ -26,8 +26,9 @@ def _threshold_lines(ax, result: RepairResult, baseline: float | None) -> None:
             floor = baseline * (1 - row.threshold / 100) if result.config.relative else (
                 baseline - row.threshold)
             ax.axhline(floor, color=color, ls="--", lw=1, label=f"floor for X = {name}")
-        ax.axvline(row.fraction_pruned, color=color, ls=":", lw=1.5,
-                   label=f"B'_{name} taken" + ("" if row.reached else " (X not reached)"))
+        if row.fraction_pruned is not None:
+            ax.axvline(row.fraction_pruned, color=color, ls=":", lw=1.5,
+                       label=f"B'_{name} taken" + ("" if row.reached else " (X not reached)"))
 
 
 def plot_curve(result: RepairResult | Mapping, path: str | os.PathLike | io.IOBase) -> Path | None:

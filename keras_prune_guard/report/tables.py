@@ -261,8 +261,7 @@ def comparison(result: RepairResult) -> tuple[list[str], list[list[str]]]:
         if row.fine_tuned is None:
             continue
         line = [threshold_name(row.threshold) + ("" if row.reached else " (not reached)"),
-                f"{row.num_pruned} of {result.channels}" if result.channels
-                else str(row.num_pruned)]
+                _cell("num_pruned", row.num_pruned, None, result.channels)]
         for model, key in _COMPARISON:
             value = getattr(_comparison_scores(row, model) or Scores(), key)
             line.append(MISSING if value is None else f"{value:.2f}")
