@@ -379,10 +379,13 @@ class _Reader:
         base = self.mapping(data.get("baseline"), "['baseline']")
         curve = [self.point(p, i, channels)
                  for i, p in enumerate(self.items(data.get("curve"), "['curve']"))]
-        tuning = data.get("fine_tune")
-        if tuning is not None:
-            tuning = {k: v for k, v in self.mapping(tuning, "['fine_tune']").items()
-                      if k in {f.name for f in dataclasses.fields(FineTuneConfig)}}
+        raw_tuning = data.get("fine_tune")
+        tuning, legacy = None, {}
+        if raw_tuning is not None:
+            raw_tuning = self.mapping(raw_tuning, "['fine_tune']")
+            known = {f.name for f in dataclasses.fields(FineTuneConfig)}
+            tuning = {k: v for k, v in raw_tuning.items() if k in known}
+            legacy = raw_tuning  # 0.1 kept the data's name and size in here
         return RepairResult(
             title=str(data.get("title") or "keras-prune-guard repair report"),
             model=str(data.get("model") or ""),
@@ -401,8 +404,8 @@ class _Reader:
             channel_means=[self.required(m, "['channel_means']")
                            for m in self.items(data.get("channel_means"), "['channel_means']")],
             fine_tune=None if tuning is None else FineTuneConfig(**tuning),
-            fine_tune_data=data.get("fine_tune_data"),
-            fine_tune_images=data.get("fine_tune_images"),
+            fine_tune_data=data.get("fine_tune_data", legacy.get("data")),
+            fine_tune_images=data.get("fine_tune_images", legacy.get("images")),
             warnings=[str(w) for w in self.items(data.get("warnings"), "['warnings']")],
             saliency_trigger_share=data.get("saliency_trigger_share"),
             report_files=self.files(data.get("report_files"), "['report_files']"),

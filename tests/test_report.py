@@ -33,9 +33,17 @@ from keras_prune_guard.report import (
     summary_json,
     write_report,
 )
+from keras_prune_guard.results import RepairResult
 
 CHANNELS = 60
 BASELINE = 98.65
+
+
+def as_written(summary: dict, paths: dict) -> dict:
+    """What report.json holds for a 0.1-style summary: the typed result, files listed."""
+    result = RepairResult.from_dict(summary)
+    result.report_files = {kind: str(path) for kind, path in paths.items()}
+    return result.to_dict()
 
 
 def make_summary(*, test_data: bool = True, attack_curve: bool = True) -> dict:
@@ -354,7 +362,7 @@ def test_write_report_writes_every_file(tmp_path):
     assert set(paths) == {"md", "csv", "json", "png", "html"}
     assert {p.name for p in out.iterdir()} == {
         "report.md", "report.csv", "report.json", "pruning_curve.png", "report.html"}
-    assert json.loads(paths["json"].read_text()) == summary
+    assert json.loads(paths["json"].read_text()) == as_written(summary, paths)
     assert list(csv.DictReader(paths["csv"].open()))[2]["model"] == "G_2"
     assert paths["md"].read_text() == markdown_report(summary)
     page = paths["html"].read_text()
@@ -515,5 +523,5 @@ def test_fine_tuned_report_files_and_html(tmp_path):
     assert "<h2>Pruning only vs fine-pruning</h2>" in page
     assert page.count("<table") == 2 and "<table" not in render_html(make_summary())[
         render_html(make_summary()).index("</table>"):]
-    assert json.loads(paths["json"].read_text()) == summary
+    assert json.loads(paths["json"].read_text()) == as_written(summary, paths)
     assert len(list(csv.DictReader(paths["csv"].open()))) == 11

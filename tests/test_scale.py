@@ -96,7 +96,7 @@ def test_collect_streams_a_generator_into_a_file(masked, real_clean, tmp_path):
                                       reference.values[[5, 1, 119]])
         np.testing.assert_array_equal(streamed.labels, y)
         np.testing.assert_array_equal(streamed.touched, reference.touched)
-        np.testing.assert_array_equal(streamed.channel_means, reference.channel_means)
+        np.testing.assert_array_equal(streamed.means, reference.means)
         assert streamed.values.nbytes == 120 * 4800
     assert list(tmp_path.iterdir()) == []
 
