@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from keras_prune_guard.cli import config_from_args
@@ -15,6 +16,7 @@ from keras_prune_guard.evaluate import (
     load_model_for_eval,
     predict_classes,
 )
+from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.repair import repair as run_repair
 from keras_prune_guard.surgery import channel_layer
@@ -79,13 +81,17 @@ def repair(args: argparse.Namespace) -> int:
     )
     channel_layer(model, config.after)
     read = _stream_for if args.stream else _read_for
-    valid = read(model, args.valid)
+    valid, test = read(model, args.valid), read(model, args.test)
+    source = Path(args.model or args.weights).name
+    for option, data in (("--valid", valid), ("--test", test)):
+        path = getattr(args, option[2:])
+        _data_errors(partial(check_model_on, model, data, f"{option} {path}", source))
     _data_errors(lambda: run_repair(
         model,
         valid,
         args.out,
         config,
-        test=read(model, args.test),
+        test=test,
         poisoned=read(model, args.poisoned),
         fine_tune=tuning,
         fine_tune_data=_read_for(model, args.fine_tune_data),
@@ -123,6 +129,7 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     shape = image_shape_of(model)
     clean = load_lab_h5(clean_path, image_shape=shape)
     poisoned = load_lab_h5(poisoned_path, image_shape=shape)
+    check_model_on(model, clean, clean_path, Path(model_path).name)
     scores = evaluate(model, clean, poisoned)
     print(f"Clean Classification accuracy: {scores.test_accuracy:.4f}")
     print(f"Attack Success Rate: {scores.attack_success:.4f}")

@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from keras_prune_guard.config import deprecated
 from keras_prune_guard.distribute import batches, compiled_forward, map_batches
-from keras_prune_guard.inputs import check_images, input_shape_of, is_streamed  # noqa: F401 (0.1 names)
+from keras_prune_guard.inputs import (  # noqa: F401 (check_images, input_shape_of: 0.1)
+    check_images,
+    check_model_on,
+    input_shape_of,
+    is_streamed,
+)
 from keras_prune_guard.results import Scores
 
 
@@ -175,6 +180,7 @@ def evaluate(
         deprecated("evaluate(clean=...)", "evaluate(test=...)")
         test = clean
     scores = Scores()
+    check_model_on(model, test, "clean images")
     if test is not None:
         pred, y = _classes_and_labels(model, test, batch_size, "clean images", strategy)
         scores.test_accuracy = rate(pred == y)

@@ -172,5 +172,97 @@ def first_images(data, count: int) -> np.ndarray:
     return np.concatenate(taken)
 
 
-__all__ = ["check_images", "check_labels", "first_images", "input_shape_of", "is_streamed",
-           "labelled_pairs"]
+#: Images of the first batch on which `check_model_on` runs the model.
+SANITY_IMAGES = 256
+
+
+def _first_batch(data, count: int):
+    """`(x, y)` of the first `count` images of arrays or a `tf.data.Dataset`; else None.
+
+    Other iterables are not touched: they may be one-shot generators.
+    """
+    if data is None:
+        return None
+    if not is_streamed(data):
+        x, y = data if isinstance(data, (tuple, list)) else (data, None)
+        return np.asarray(x[:count], dtype="float32"), None if y is None else np.asarray(
+            y[:count]).reshape(-1)
+    if not _is_dataset(data):
+        return None
+    item = next(iter(data.take(1)), None)
+    if item is None:
+        return None
+    x, y = item if isinstance(item, (tuple, list)) else (item, None)
+    x = np.asarray(x, dtype="float32")[:count]
+    return x, None if y is None else np.asarray(y).reshape(-1)[:count]
+
+
+def _classes(model, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Predicted classes of `x` and whether every output was finite."""
+    import keras
+
+    from keras_prune_guard.distribute import compiled_forward
+
+    forward = compiled_forward(model) if isinstance(model, keras.Model) else model
+    out = np.asarray(forward(x))
+    return out.argmax(axis=-1), bool(np.isfinite(out).all())
+
+
+def check_model_on(model, data, what: str, source: str | None = None) -> None:
+    """Refuses data on which the model's figures would be meaningless, before a long pass.
+
+    On the first images of `data` it checks that the model's outputs are finite (NaN
+    outputs would all be scored as class 0, the lab's attack target) and that the
+    pixels are in the range the model expects: when the model scores under 50% on
+    them but at least 25 points more on the same images scaled by 255 (or by 1/255),
+    the images are in the wrong range.
+
+    Args:
+        model: a Keras or served model.
+        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches (other
+            iterables are not read, since they may be one-shot).
+        what: how to name the data (an argument or a file).
+        source: how to name the model (its file). Defaults to the model's name.
+
+    Raises:
+        ValueError: non-finite outputs, or images in the wrong pixel range, with the fix.
+
+    Example:
+
+    >>> check_model_on(bad_model, (x_valid / 255, y_valid), "valid")
+    ValueError: valid: pixel values are within 0..1 ...
+    """
+    first = _first_batch(data, SANITY_IMAGES)
+    if first is None or not len(first[0]):
+        return
+    x, y = first
+    check_images(model, x, what)
+    name = source or f"model '{getattr(model, 'name', '?')}'"
+    classes, finite = _classes(model, x)
+    if not finite:
+        raise ValueError(
+            f"{name}: found NaN or infinite outputs on the first {len(x)} images of {what}; "
+            "expected finite class scores (are the weights corrupt?)"
+        )
+    if y is None:
+        return
+    accuracy = float(np.mean(classes == y) * 100)
+    if accuracy >= 50:
+        return
+    unit = float(x.max()) <= 1.0
+    scaled, _ = _classes(model, x * 255.0 if unit else x / 255.0)
+    better = float(np.mean(scaled == y) * 100)
+    if better >= 50 and better >= accuracy + 25:
+        found = (f"pixel values within 0..1 (max {x.max():.3g})" if unit
+                 else f"raw pixel values (max {x.max():.3g})")
+        fix = "multiply them by 255" if unit else "divide them by 255"
+        raise ValueError(
+            f"{what}: found {found}, on which {name} scores {accuracy:.2f}% against "
+            f"{better:.2f}% on the same images {'x 255' if unit else '/ 255'}; expected the "
+            f"pixel range the model was trained on: {fix} (a network trained on pixels / 255 "
+            "loads with input_scale='unit', CLI --input-scale unit)"
+        )
+
+
+__all__ = ["check_images", "check_labels", "check_model_on", "first_images", "input_shape_of",
+           "is_streamed", "labelled_pairs"]

@@ -27,7 +27,7 @@ from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
 from keras_prune_guard.finetune import check_data, fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
-from keras_prune_guard.inputs import first_images, is_streamed, labelled_pairs
+from keras_prune_guard.inputs import check_model_on, first_images, is_streamed, labelled_pairs
 from keras_prune_guard.prune import prune
 from keras_prune_guard.results import Baseline, FineTuned, RepairResult, Scores, ThresholdResult
 from keras_prune_guard.surgery import channel_layer
@@ -212,6 +212,8 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
         poisoned=None if poisoned is None else labelled_pairs(poisoned, "poisoned",
                                                                num_classes),
     )
+    check_model_on(model, data.valid, "valid")
+    check_model_on(model, data.test, "test")
     if fine_tune.epochs:
         label = fine_tune_label or "fine_tune_data"
         data.fine_tune = check_data(model, valid if fine_tune_data is None else fine_tune_data,

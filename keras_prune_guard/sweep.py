@@ -38,7 +38,7 @@ from keras_prune_guard.config import (
     options_from,
 )
 from keras_prune_guard.distribute import BlockRunner
-from keras_prune_guard.inputs import labelled_pairs
+from keras_prune_guard.inputs import check_model_on, labelled_pairs
 from keras_prune_guard.ranking import rank_channels
 from keras_prune_guard.results import CurvePoint, Snapshot, SweepResult
 from keras_prune_guard.surgery import find_channel_mask, masked_layer_name, split_at_mask
@@ -207,6 +207,7 @@ def sweep(
     classes = int(model.output_shape[-1])
     valid = labelled_pairs(valid, "valid", classes)
     poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned", classes)
+    check_model_on(model, valid, "valid")  # meaningless figures refused before the pass
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
         passes = {"batch_size": config.batch_size, "strategy": run.strategy,
