@@ -5,9 +5,11 @@ Usage:
     python examples/eval.py <image.png | folder | file.h5> --model <model>
 
 <model> is a SavedModel folder (a GoodNet from `keras-prune-guard repair`), a `.keras` or
-an `.h5` file. The first form prints the clean classification accuracy and the attack
-success rate (share of poisoned images classified as their file's `label`, the attacker's
-target). The second prints each image's class in [0, N]; N means "backdoored input".
+an `.h5` file, or a GoodNet exported by `keras-prune-guard export` as `.onnx` (run by ONNX
+Runtime, extra `[onnx]`) or `.tflite` (run by LiteRT, extra `[litert]`). The first form
+prints the clean classification accuracy and the attack success rate (share of poisoned
+images classified as their file's `label`, the attacker's target). The second prints each
+image's class in [0, N]; N means "backdoored input".
 """
 
 import sys

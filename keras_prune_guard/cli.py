@@ -219,6 +219,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--unsafe-deserialization", action="store_true",
                     help="allow model files that run code when loaded")
 
+    exp = sub.add_parser(
+        "export", help="write a GoodNet for deployment: SavedModel, ONNX or LiteRT, self-checked",
+        description="Convert a GoodNet .keras file (as `repair` writes: goodnet_X4.keras) to a "
+        "SavedModel folder, an ONNX file (standard ops, for onnxruntime) or a LiteRT file "
+        "(built-in ops only, for ai_edge_litert). The result is loaded in its runtime and "
+        "must give the Keras GoodNet's class for every check image, with outputs within "
+        "1e-5, before it is renamed into place; otherwise nothing is written (exit 2). "
+        "Example: keras-prune-guard export saved_models/goodnet_X4.keras --format onnx",
+    )
+    exp.add_argument("model", metavar="MODEL", help="a GoodNet .keras file")
+    exp.add_argument("--format", default="savedmodel", choices=["savedmodel", "onnx", "litert"],
+                     help="savedmodel = a folder (tf.saved_model.load), onnx = .onnx "
+                     "(onnxruntime; extra [onnx]), litert = .tflite (ai_edge_litert; extra "
+                     "[litert]) (default: savedmodel)")
+    exp.add_argument("--out", default=None, metavar="PATH",
+                     help="where to write (default: MODEL without .keras, plus .onnx or "
+                     ".tflite: goodnet_X4/, goodnet_X4.onnx, goodnet_X4.tflite)")
+    exp.add_argument("--check-images", default=None, metavar="FILE",
+                     help="images to check the export on (lab HDF5, an image or a folder; "
+                     "default: 8 seeded images, noise and gradients)")
+    exp.add_argument("--unsafe-deserialization", action="store_true",
+                     help="allow model files that run code when loaded")
+
     sal = sub.add_parser("saliency", help="saliency maps of B and B' on clean/triggered pairs")
     sal.add_argument("models", nargs="*", help="full model files (.keras, .h5); a folder "
                      "written by `repair` stands for every bprime_*.keras in it")

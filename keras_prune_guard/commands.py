@@ -109,8 +109,8 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     safe = not args.unsafe_deserialization
     if args.images is not None:
         if args.model_path is None:
-            raise ValueError("eval --images needs --model MODEL (a SavedModel folder, .keras "
-                             "or .h5). Received: no --model")
+            raise ValueError("eval --images needs --model MODEL (a SavedModel folder, .keras, "
+                             ".h5, .onnx or .tflite). Received: no --model")
         model = load_model_for_eval(args.model_path, safe_mode=safe)
         shape = image_shape_of(model)
         if Path(args.images).suffix.lower() in (".h5", ".hdf5"):
@@ -133,6 +133,44 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     scores = evaluate(model, clean, poisoned)
     print(f"Clean Classification accuracy: {scores.test_accuracy:.4f}")
     print(f"Attack Success Rate: {scores.attack_success:.4f}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """`keras-prune-guard export`: a GoodNet `.keras` file to a SavedModel, ONNX or LiteRT."""
+    from keras_prune_guard.export import (
+        CHECK_ATOL,
+        CHECK_IMAGE_COUNT,
+        FORMATS,
+        RUNTIME_NAMES,
+        check_export_path,
+        export_goodnet,
+    )
+    from keras_prune_guard.goodnet import GoodNetModel
+
+    source = Path(args.model)
+    if source.suffix.lower() != ".keras" or not source.is_file():
+        found = ("a folder" if source.is_dir() else "a file" if source.exists()
+                 else "no such file")
+        raise ValueError(f"MODEL {source}: found {found}; expected a GoodNet .keras file as "
+                         "`repair` writes (goodnet_X4.keras)")
+    out = Path(args.out) if args.out else source.with_suffix(FORMATS[args.format])
+    try:
+        check_export_path(out, args.format)
+    except ValueError as err:
+        raise ValueError(f"--out {out}: {err}") from None
+    goodnet = load_network(source, safe_mode=not args.unsafe_deserialization)
+    if not isinstance(goodnet, GoodNetModel):
+        raise ValueError(f"MODEL {source}: found a {type(goodnet).__name__} model "
+                         f"'{goodnet.name}'; expected a GoodNet .keras file as `repair` writes "
+                         "(goodnet_X4.keras, not bprime_X4.keras)")
+    images = None
+    if args.check_images is not None:
+        images = load_inputs(args.check_images, image_shape=goodnet.image_shape)[0]
+    export_goodnet(goodnet, out, format=args.format, images=images)
+    count = CHECK_IMAGE_COUNT if images is None else len(images)
+    print(f"Wrote {out} ({args.format}); checked in {RUNTIME_NAMES[args.format]} on {count} "
+          f"images: every class matches the Keras GoodNet's, outputs within {CHECK_ATOL:g}.")
     return 0
 
 

@@ -50,7 +50,10 @@ class ServedModel:
 
 
 def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
-    """Loads a model to score: a SavedModel folder, a `.keras` or a full `.h5` file.
+    """Loads a model to score: a SavedModel folder, or a .keras, .h5, .onnx or .tflite file.
+
+    `.onnx` and `.tflite` files (GoodNets written by `export_goodnet`) run in
+    ONNX Runtime and LiteRT (`runtimes.OnnxModel`, `runtimes.LiteRTModel`).
 
     Args:
         path: the model's path.
@@ -58,7 +61,8 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
             Defaults to `True`.
 
     Returns:
-        A `ServedModel` or a `keras.Model`; both take raw 0..255 float32 images.
+        A `ServedModel`, `OnnxModel`, `LiteRTModel` or `keras.Model`; all take
+        raw 0..255 float32 images.
 
     Raises:
         FileNotFoundError: nothing at `path`.
@@ -66,9 +70,13 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Model not found: {path} (expected a SavedModel folder, "
-                                "a .keras or an .h5 file)")
+                                "a .keras, an .h5, an .onnx or a .tflite file)")
     if path.is_dir():
         return ServedModel(path)
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        from keras_prune_guard.runtimes import load_runtime_model
+
+        return load_runtime_model(path)
     from keras_prune_guard.models import load_network
 
     return load_network(path, safe_mode=safe_mode)

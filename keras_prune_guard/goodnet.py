@@ -96,6 +96,36 @@ def _shared_outputs(masked: keras.Model, inputs) -> list:
     return [bad, repaired]
 
 
+def first_argmax(x):
+    """`ops.argmax(x, axis=-1)` written with ops every export target runs natively.
+
+    Keras's TensorFlow `ops.argmax` tells -0.0 from +0.0 with `Bitcast` and
+    `BitwiseAnd`, which neither ONNX nor LiteRT's built-in ops have. This gives
+    the same index from max, equality, select and min (ONNX `ReduceMax`, `Equal`,
+    `Where`, `ReduceMin`; their TFLite built-ins): the largest value's index,
+    the first one on ties, -0.0 ranked just below +0.0 as Keras ranks it. Rows
+    holding NaN are not ranked (images are checked finite before any call).
+
+    Args:
+        x: a float tensor (..., N).
+
+    Returns:
+        An int32 tensor (...,) of indices in [0, N).
+
+    Example:
+
+    >>> np.asarray(first_argmax(np.array([[0.2, 0.5, 0.5], [-0.0, 0.0, -1.0]], "float32")))
+    array([1, 1], dtype=int32)
+    """
+    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    tiny = float(np.finfo(keras.backend.standardize_dtype(x.dtype)).tiny)
+    negative_zero = ops.logical_and(ops.equal(x, 0.0), ops.less(ops.divide(1.0, x), 0.0))
+    x = ops.where(negative_zero, -tiny, x)
+    is_top = ops.equal(x, ops.max(x, axis=-1, keepdims=True))
+    count = x.shape[-1] if x.shape[-1] is not None else ops.shape(x)[-1]
+    return ops.min(ops.where(is_top, ops.arange(count, dtype="int32"), count), axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="keras_prune_guard")
 class GoodNetModel(keras.Model):
     """Runs B and B' and outputs N+1 class probabilities.
@@ -144,7 +174,7 @@ class GoodNetModel(keras.Model):
         self.networks = networks
         self.num_classes = int(networks.outputs[0].shape[-1])
         self.image_shape = tuple(int(d) for d in networks.input_shape[1:])
-        self._backdoor_row = ops.one_hot(self.num_classes, self.num_classes + 1)
+        self._backdoor_row = np.eye(self.num_classes + 1, dtype="float32")[-1]
         self.built = True
 
     @property
@@ -169,9 +199,10 @@ class GoodNetModel(keras.Model):
 
     def call(self, inputs):
         bad, repaired = self.networks(inputs)
-        agree = ops.equal(ops.argmax(bad, axis=-1), ops.argmax(repaired, axis=-1))
+        agree = ops.equal(first_argmax(bad), first_argmax(repaired))
         padded = ops.pad(repaired, [[0, 0], [0, 1]])
-        flagged = ops.cast(self._backdoor_row, padded.dtype)
+        # A constant (not a captured tensor), so converters see no extra graph input.
+        flagged = ops.convert_to_tensor(self._backdoor_row, dtype=padded.dtype)
         return ops.where(ops.expand_dims(agree, -1), padded, flagged)
 
     def compute_output_shape(self, input_shape):
@@ -200,7 +231,9 @@ class GoodNetModel(keras.Model):
 
         Args:
             filepath: the SavedModel folder to write.
-            format: "tf_saved_model" (the only format eval.py reads). Defaults
+            format: a `keras.Model.export` format: "tf_saved_model", "onnx"
+                or "litert" (`export.export_goodnet` writes the last two with
+                built-in ops only and checks them in their runtimes). Defaults
                 to "tf_saved_model".
             verbose: print what was written. Defaults to `True`.
             input_signature: defaults to `None`, meaning float32 (None, H, W, C).

@@ -116,3 +116,20 @@ print(json.dumps({{"wrong_shape": wrong}}))
     assert json.loads(done.stdout.strip().splitlines()[-1])["wrong_shape"] != "accepted"
     # Nothing half-written beside the SavedModel.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["goodnet", "out.npy", "x.npy"]
+
+
+def test_first_argmax_is_keras_argmax():
+    """The export-friendly argmax ranks like `ops.argmax`: first index on ties, -0.0 < +0.0."""
+    from keras import ops
+
+    from keras_prune_guard.goodnet import first_argmax
+
+    rng = np.random.default_rng(0)
+    tiny = np.finfo("float32").tiny
+    values = np.array([0.0, -0.0, 1.0, -1.0, 0.5, tiny, -tiny, 3e-39, -3e-39], "float32")
+    for width in (1, 2, 3, 8, 1283):
+        x = rng.choice(values, size=(400, width)).astype("float32")
+        np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.asarray(ops.argmax(x, -1)))
+    x = np.array([[0.2, 0.5, 0.5], [-0.0, 0.0, -1.0], [-0.0, -0.0, -1.0], [7, 7, 7]], "float32")
+    np.testing.assert_array_equal(np.asarray(first_argmax(x)), [1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(first_argmax(x.astype("float16"))), [1, 1, 0, 0])

@@ -1,0 +1,395 @@
+"""Deploying the GoodNet: SavedModel, ONNX and LiteRT exports that run and agree with Keras.
+
+Real models only: the lab3 BadNet with its real faces (skipped without ../shared/csaw)
+and the built-in benchmark's BadNet at the reduced size of test_demo.py. Models are
+built once per module and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+
+from keras_prune_guard import GoodNetModel, deepid, export_goodnet, fine_tune, prune
+from keras_prune_guard.cli import main
+from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.evaluate import ServedModel, evaluate, load_model_for_eval
+from keras_prune_guard.export import ExportError
+from keras_prune_guard.models import load_network
+from keras_prune_guard.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMATS = {"savedmodel": "", "onnx": ".onnx", "litert": ".tflite"}
+WRAPPERS = {"savedmodel": ServedModel, "onnx": OnnxModel, "litert": LiteRTModel}
+ATOL = 1e-5
+
+
+def export_all(goodnet: GoodNetModel, folder: Path, stem: str = "goodnet") -> dict[str, Path]:
+    """The GoodNet in every format, each through export_goodnet (self-checked)."""
+    return {fmt: export_goodnet(goodnet, folder / f"{stem}{suffix}", format=fmt)
+            for fmt, suffix in FORMATS.items()}
+
+
+def assert_agrees(runtime, x: np.ndarray, expected: np.ndarray) -> None:
+    got = np.asarray(runtime(x))
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    assert np.max(np.abs(got - expected)) <= ATOL
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """Runs a script of this tree (not an installed copy) in a fresh Python."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=600)
+
+
+# --- the lab3 network and its real faces --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab3(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
+    """B, B' (10 points), the GoodNet, its 245 real images, their Keras outputs, its exports."""
+    bad = deepid()
+    bad.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
+    b_prime = prune(bad, *real_clean, thresholds=[10]).snapshots[10.0]
+    goodnet = GoodNetModel(bad, b_prime)
+    x = np.concatenate([real_clean[0], real_sunglasses[0]])
+    folder = tmp_path_factory.mktemp("deploy")
+    goodnet.save(folder / "goodnet_X10.keras")
+    return {"bad": bad, "b_prime": b_prime, "goodnet": goodnet, "x": x,
+            "expected": goodnet.predict(x, verbose=0), "folder": folder,
+            "paths": export_all(goodnet, folder, "goodnet_X10")}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_real_face_gets_the_keras_class(lab3, fmt):
+    runtime = WRAPPERS[fmt](lab3["paths"][fmt])
+    assert runtime.input_shape == (None, 55, 47, 3)
+    assert_agrees(runtime, lab3["x"], lab3["expected"])
+    # The N+1 rule itself: B' where B and B' agree, class 1283 where they differ.
+    x = lab3["x"]
+    bad = lab3["bad"].predict(x, verbose=0).argmax(-1)
+    fixed = lab3["b_prime"].predict(x, verbose=0).argmax(-1)
+    classes = np.asarray(runtime(x)).argmax(-1)
+    np.testing.assert_array_equal(classes, np.where(bad == fixed, fixed, 1283))
+    assert (classes == 1283).any() and (classes < 1283).any()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_batch_size_is_dynamic(lab3, fmt):
+    runtime = WRAPPERS[fmt](lab3["paths"][fmt])
+    x, expected = lab3["x"], lab3["expected"]
+    assert_agrees(runtime, x[:1], expected[:1])
+    big = np.concatenate([x, x[:11]])  # 256 images in one call
+    assert_agrees(runtime, big, np.concatenate([expected, expected[:11]]))
+    assert_agrees(runtime, x[:3], expected[:3])  # and back to a small batch
+
+
+def test_litert_runs_long_inputs_in_slices(lab3):
+    runtime = LiteRTModel(lab3["paths"]["litert"], batch_size=100)
+    assert_agrees(runtime, lab3["x"], lab3["expected"])  # 245 = 100 + 100 + 45
+    assert runtime(lab3["x"][:0]).shape == (0, 1284)
+
+
+def test_files_have_standard_ops_and_named_dynamic_io(lab3):
+    model = onnx.load(str(lab3["paths"]["onnx"]))
+    onnx.checker.check_model(model)
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
+    assert not {"Bitcast", "BitwiseAnd"} & {node.op_type for node in model.graph.node}
+    (inp,), (out,) = model.graph.input, model.graph.output
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert (inp.name, dims(inp)) == ("images", ["batch", 55, 47, 3])
+    assert (out.name, dims(out)) == ("output_0", ["batch", 1284])
+    # LiteRT: the interpreter (no Flex delegate) loads it; batch -1 in the signature.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(lab3["paths"]["litert"]))
+    interpreter.allocate_tensors()
+    (detail,) = interpreter.get_input_details()
+    assert list(detail["shape_signature"]) == [-1, 55, 47, 3]
+    assert interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["images"], "outputs": ["output_0"]}}
+
+
+@pytest.mark.filterwarnings("ignore:In the future `np.object`:FutureWarning")  # Keras's tf2onnx
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_keras_export_method_writes_files_that_run(lab3, tmp_path, fmt):
+    # The issue's own reproduction: `goodnet.export("g.onnx", format="onnx")`.
+    path = tmp_path / f"g{FORMATS[fmt]}"
+    lab3["goodnet"].export(str(path), format=fmt, verbose=False)
+    assert_agrees(WRAPPERS[fmt](path), lab3["x"], lab3["expected"])
+
+
+# --- a GoodNet holding two networks (B and a fine-tuned B'') --------------------------------
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(lab3, real_clean):
+    b_second = fine_tune(lab3["b_prime"], *real_clean, epochs=1, learning_rate=3e-4)
+    goodnet = GoodNetModel(lab3["bad"], b_second)
+    assert not goodnet.shares_layers
+    return goodnet, goodnet.predict(lab3["x"], verbose=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_two_network_goodnet_exports(lab3, fine_tuned, tmp_path, fmt):
+    goodnet, expected = fine_tuned
+    path = export_goodnet(goodnet, tmp_path / f"goodnet_ft{FORMATS[fmt]}", format=fmt,
+                          images=lab3["x"][::20])
+    assert_agrees(WRAPPERS[fmt](path), lab3["x"], expected)
+    assert not np.allclose(expected, lab3["expected"], atol=1e-3)  # B'' is not B'
+
+
+# --- the self-check ---------------------------------------------------------------------------
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_disagreeing_export_is_refused_and_the_old_file_kept(lab3, tmp_path):
+    # Dynamic-range quantisation (int8 weights) moves the outputs by ~1e-4: over 1e-5.
+    path = tmp_path / "goodnet.tflite"
+    path.write_bytes(b"previous contents")
+    with pytest.raises(ExportError, match=r"disagrees with the Keras GoodNet: outputs differ "
+                       r"by up to .*atol=1e-05"):
+        export_goodnet(lab3["goodnet"], path, format="litert",
+                       converter_options={"optimizations": [tf.lite.Optimize.DEFAULT]})
+    assert path.read_bytes() == b"previous contents"
+    assert leftovers(tmp_path) == ["goodnet.tflite"]
+
+
+class LogGammaSoftmax(keras.layers.Layer):
+    """softmax(lgamma(x + 1)): `Lgamma` has no ONNX op, and LiteRT mis-converts it."""
+
+    def call(self, x):
+        return tf.math.softmax(tf.math.lgamma(x + 1.0))
+
+
+class CumprodSoftmax(keras.layers.Layer):
+    """softmax(cumprod(x)): `Cumprod` is no TFLite built-in (only a Flex op)."""
+
+    def call(self, x):
+        return tf.math.softmax(tf.math.cumprod(x, axis=-1))
+
+
+def tiny_goodnet(head: keras.layers.Layer) -> GoodNetModel:
+    def network(last):
+        inputs = keras.Input((8, 8, 3))
+        return keras.Model(inputs, last(keras.layers.Dense(5)(keras.layers.Flatten()(inputs))))
+
+    return GoodNetModel(network(head), network(keras.layers.Softmax()))
+
+
+WITH_FLEX = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                               tf.lite.OpsSet.SELECT_TF_OPS]}}
+
+
+@pytest.mark.parametrize("head, fmt, options, expected", [
+    (LogGammaSoftmax, "onnx", None, "self-check in ONNX Runtime: ONNX Runtime cannot load it: "
+     ".*No Op registered for Lgamma"),
+    # The converter writes this file without a word; only running it shows it is broken.
+    (LogGammaSoftmax, "litert", None, "self-check in the LiteRT interpreter: the LiteRT "
+     "interpreter cannot run it on a batch of 8"),
+    (CumprodSoftmax, "litert", None, "Could not convert .*'tf.Cumprod' op is neither a custom "
+     "op nor a flex op"),
+    # The issue's symptom: a file that needs the Flex delegate is refused, not written.
+    (CumprodSoftmax, "litert", WITH_FLEX, "self-check in the LiteRT interpreter: .*Select "
+     "TensorFlow op.*Flex delegate"),
+])
+def test_an_export_that_does_not_run_is_refused(tmp_path, head, fmt, options, expected):
+    path = tmp_path / f"g{FORMATS[fmt]}"
+    with pytest.raises(ExportError, match=expected) as info:
+        export_goodnet(tiny_goodnet(head()), path, format=fmt, converter_options=options)
+    message = str(info.value)
+    assert message.startswith(str(path) + ":") or message.startswith("Could not convert")
+    assert message.endswith(f"Nothing was written to {path}.") and "\n" not in message
+    assert ".tmp-" not in message  # names the final path, not the temporary one
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_arguments_are_refused_before_writing(lab3, tmp_path):
+    goodnet = lab3["goodnet"]
+    with pytest.raises(ValueError, match=r"must end in \.onnx\. Received: path="):
+        export_goodnet(goodnet, tmp_path / "g.tflite", format="onnx")
+    with pytest.raises(ValueError, match=r"format must be one of .*Received: format='tflite'"):
+        export_goodnet(goodnet, tmp_path / "g.tflite", format="tflite")
+    with pytest.raises(ValueError, match=r"ends in \.onnx, the suffix of format='onnx'"):
+        export_goodnet(goodnet, tmp_path / "g.onnx")
+    with pytest.raises(ValueError, match=r"exports a GoodNetModel. Received: .*Functional"):
+        export_goodnet(lab3["bad"], tmp_path / "b.onnx", format="onnx")
+    with pytest.raises(ValueError, match=r"export_goodnet images: images of shape \(47, 55, 3\)"):
+        export_goodnet(goodnet, tmp_path / "g.onnx", format="onnx",
+                       images=np.zeros((2, 47, 55, 3), "float32"))
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_runtime_names_the_extra(lab3, monkeypatch, capsys, csaw_dir):
+    # `None` in sys.modules makes `import onnxruntime` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingRuntimeError, match=r'pip install "keras-prune-guard\[onnx\]"'):
+        OnnxModel(lab3["paths"]["onnx"])
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(ImportError, match=r'pip install "keras-prune-guard\[litert\]"'):
+        load_model_for_eval(lab3["paths"]["litert"])
+    code = main(["eval", str(csaw_dir / "real_clean_faces.h5"),
+                 str(csaw_dir / "real_sunglasses_faces.h5"), str(lab3["paths"]["onnx"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("keras-prune-guard eval: error: ") and "[onnx]" in err
+
+
+# --- scoring the files as the lab's eval.py does ----------------------------------------------
+
+
+def eval_lines(text: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in text.strip().splitlines())
+
+
+def test_eval_prints_the_same_figures_for_every_format(lab3, csaw_dir, capsys):
+    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
+    printed = {}
+    for fmt, path in lab3["paths"].items():
+        assert main(["eval", str(clean), str(poisoned), str(path)]) == 0
+        printed[fmt] = eval_lines(capsys.readouterr().out)
+    assert printed["onnx"] == printed["savedmodel"] == printed["litert"]
+    scores = evaluate(lab3["goodnet"], load_lab_h5(clean), load_lab_h5(poisoned))
+    assert float(printed["onnx"]["Clean Classification accuracy"]) == pytest.approx(
+        scores["test_accuracy"], abs=1e-4)
+    assert float(printed["onnx"]["Attack Success Rate"]) == pytest.approx(
+        scores["attack_success"], abs=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_examples_eval_py_scores_the_files(lab3, csaw_dir, fmt):
+    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
+    done = run_script("examples/eval.py", str(clean), str(poisoned), str(lab3["paths"][fmt]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = ServedModel(lab3["paths"]["savedmodel"])
+    scores = evaluate(served, load_lab_h5(clean), load_lab_h5(poisoned))
+    assert done.stdout.strip().splitlines() == [
+        f"Clean Classification accuracy: {scores['test_accuracy']:.4f}",
+        f"Attack Success Rate: {scores['attack_success']:.4f}",
+    ]
+
+
+def test_eval_classifies_images_with_a_litert_file(lab3, csaw_dir, capsys):
+    assert main(["eval", "--images", str(csaw_dir / "real_sunglasses_faces.h5"), "--model",
+                 str(lab3["paths"]["litert"])]) == 0
+    classes = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_array_equal(classes, lab3["expected"][120:].argmax(-1))
+
+
+# --- keras-prune-guard export -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_export_command_writes_a_checked_file(lab3, tmp_path, capsys, fmt):
+    out = tmp_path / f"exported{FORMATS[fmt]}"
+    code = main(["export", str(lab3["folder"] / "goodnet_X10.keras"), "--format", fmt,
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert f"Wrote {out} ({fmt})" in capsys.readouterr().out
+    assert_agrees(load_model_for_eval(out), lab3["x"], lab3["expected"])
+
+
+def test_export_command_defaults_to_the_model_name(lab3, tmp_path, capsys, csaw_dir):
+    model = tmp_path / "goodnet_X10.keras"
+    model.write_bytes((lab3["folder"] / "goodnet_X10.keras").read_bytes())
+    assert main(["export", str(model), "--format", "litert", "--check-images",
+                 str(csaw_dir / "real_clean_faces.h5")]) == 0
+    assert "on 120 images" in capsys.readouterr().out
+    assert leftovers(tmp_path) == ["goodnet_X10.keras", "goodnet_X10.tflite"]
+
+
+def test_export_command_bad_input_exits_2_with_one_line(lab3, tmp_path, capsys):
+    keras_file = str(lab3["folder"] / "goodnet_X10.keras")
+    lab3["b_prime"].save(tmp_path / "bprime_X10.keras")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+    cases = [
+        (["export", str(tmp_path / "missing.keras")], "missing.keras: found no such file"),
+        (["export", str(lab3["paths"]["onnx"])], "goodnet_X10.onnx: found a file; expected a "
+         "GoodNet .keras file"),
+        (["export", str(tmp_path / "bprime_X10.keras"), "--format", "onnx"],
+         "bprime_X10.keras: found a Functional model"),
+        (["export", str(tmp_path / "broken.keras")], "broken.keras"),
+        (["export", keras_file, "--format", "onnx", "--out", str(tmp_path / "g.tflite")],
+         "--out " + str(tmp_path / "g.tflite") + ": path for format='onnx' must end in .onnx"),
+        (["export", keras_file, "--format", "litert", "--check-images",
+          str(tmp_path / "faces.h5")], "faces.h5"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("keras-prune-guard export: error: ") and expected in err, err
+    assert leftovers(tmp_path) == ["bprime_X10.keras", "broken.keras"]
+
+
+def test_export_command_in_a_fresh_process(tmp_path):
+    done = run_script("-m", "keras_prune_guard.cli", "export", str(tmp_path / "g.keras"),
+                      "--format", "onnx")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("keras-prune-guard")]
+    assert len(lines) == 1 and "g.keras: found no such file" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_export_command_refuses_an_unknown_format(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["export", "g.keras", "--format", "tflite"])
+    assert info.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+# --- the built-in benchmark's test files ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def benchmark_goodnet(tmp_path_factory):
+    """The reduced benchmark of test_demo.py (6 identities), its BadNet, B' and GoodNet."""
+    from keras_prune_guard.benchmark import ensure_benchmark
+
+    cache = tmp_path_factory.mktemp("bench_cache")
+    paths = ensure_benchmark(cache, identities=6, per_identity_train=20, epochs=4, log=None)
+    bad = load_network(paths.model)
+    b_prime = prune(bad, *load_lab_h5(paths.valid), thresholds=[10]).snapshots[10.0]
+    return GoodNetModel(bad, b_prime), paths
+
+
+def test_every_format_agrees_on_the_benchmark_test_files(benchmark_goodnet, tmp_path):
+    goodnet, paths = benchmark_goodnet
+    x_test, _ = load_lab_h5(paths.test)
+    x_bd, _ = load_lab_h5(paths.bd_test)
+    x = np.concatenate([x_test, x_bd])
+    expected = goodnet.predict(x, verbose=0)
+    assert expected.shape == (110, 7)
+    for fmt, path in export_all(goodnet, tmp_path).items():
+        assert_agrees(WRAPPERS[fmt](path), x, expected)
+
+
+def test_broken_files_get_clear_errors(tmp_path, capsys, csaw_dir):
+    for suffix, wrapper, runtime in ((".onnx", OnnxModel, "ONNX Runtime"),
+                                     (".tflite", LiteRTModel, "the LiteRT interpreter")):
+        path = tmp_path / f"broken{suffix}"
+        path.write_bytes(b"\x00 not a model " * 64)
+        with pytest.raises(ValueError, match=f"broken{suffix}: {runtime} cannot load it"):
+            wrapper(path)
+        code = main(["eval", str(csaw_dir / "real_clean_faces.h5"),
+                     str(csaw_dir / "real_sunglasses_faces.h5"), str(path)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and str(path) in err, err
+    with pytest.raises(FileNotFoundError, match="missing.onnx: found no such file"):
+        OnnxModel(tmp_path / "missing.onnx")
