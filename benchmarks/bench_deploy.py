@@ -74,7 +74,7 @@ def load_case(csaw: Path):
         bad = deepid()
         bad.load_weights(str(weights))
         (x_clean, y_clean), (x_bd, _) = read(clean), read(sunglasses)
-        b_prime = prune(bad, x_clean, y_clean, thresholds=[4.0]).snapshots[4.0]
+        b_prime = prune(bad, (x_clean, y_clean), thresholds=[4.0], verbose=0).snapshots[4.0]
         faces = np.concatenate([x_clean, x_bd])
         extra = faces[: BATCH - len(faces)]
         noise = np.random.default_rng(0).standard_normal(extra.shape).astype("float32")

@@ -124,6 +124,17 @@ def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
                        "--fine-tune-epochs")
 
 
+#: keras_prune_guard.export.FORMATS, restated so that --help imports no Keras.
+EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
+
+
+def _add_formats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--formats", nargs="+", default=["savedmodel"], choices=EXPORT_FORMATS,
+                   help="GoodNet exports to write per X, each checked in its runtime: "
+                   "savedmodel = goodnet_X{X}/, onnx = goodnet_X{X}.onnx (extra [onnx]), "
+                   "litert = goodnet_X{X}.tflite (extra [litert]) (default: savedmodel)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="full model file (.h5 or .keras), the backdoored network B")
@@ -167,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None,
                       help="epochs of BadNet training (default: 12)")
     add_config_args(demo, PruneConfig)
+    _add_formats(demo)
     _add_fine_tune_args(demo, data=False)
 
     rep = sub.add_parser(
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the passes over the data under tf.distribute: mirrored = "
                      "MirroredStrategy over every local GPU (the CPU when there is none); "
                      "results equal the single-device run (default: none)")
+    _add_formats(rep)
     _add_fine_tune_args(rep, data=True)
 
     ev = sub.add_parser(

@@ -16,6 +16,7 @@ from keras_prune_guard.evaluate import (
     load_model_for_eval,
     predict_classes,
 )
+from keras_prune_guard.export import check_formats
 from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.repair import repair as run_repair
@@ -65,6 +66,7 @@ def _configs(args: argparse.Namespace) -> tuple[PruneConfig, FineTuneConfig]:
 def repair(args: argparse.Namespace) -> int:
     """`keras-prune-guard repair`: see `build_parser` for the options."""
     config, tuning = _configs(args)  # argument errors before reading any file
+    formats = check_formats(args.formats, "--formats")
     if args.fine_tune_data is not None and not tuning.epochs:
         raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
                          "(E >= 1); received --fine-tune-epochs 0")
@@ -99,6 +101,7 @@ def repair(args: argparse.Namespace) -> int:
                          else Path(args.fine_tune_data).name),
         trigger_region=args.trigger_region,
         model_label=Path(args.model or args.weights).name,
+        formats=formats,
         run=run,
     ))
     return 0
@@ -177,13 +180,13 @@ def export(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """`keras-prune-guard demo`: the defense end to end on the built-in benchmark."""
     from keras_prune_guard.benchmark import ensure_benchmark
-    from keras_prune_guard.evaluate import ServedModel
 
     start = time.perf_counter()
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
     kwargs = {key: value for key, value in sizes.items() if value is not None}
     config, tuning = _configs(args)
+    formats = check_formats(args.formats, "--formats")
     bench = ensure_benchmark(args.benchmark_cache, log=print, **kwargs)
     model = load_network(bench.model)
     info = json.loads(Path(bench.info).read_text())
@@ -196,16 +199,17 @@ def demo(args: argparse.Namespace) -> int:
         test=test,
         poisoned=bd_test,
         fine_tune=tuning,
+        formats=formats,
         trigger_region=tuple(info["trigger"]["bbox"]),
         model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
     )
-    print("Scoring the exported GoodNet SavedModels as examples/eval.py does:")
+    print("Scoring the exported GoodNets as examples/eval.py does:")
     for row in result.rows:
-        paths = [row.files["goodnet_savedmodel"]]
+        exports = [row.files[f"goodnet_{name}"] for name in formats]
         if row.fine_tuned is not None:
-            paths.append(row.fine_tuned.files["goodnet_savedmodel"])
-        for path in paths:
-            scores = evaluate(ServedModel(path), test, bd_test)
+            exports += [row.fine_tuned.files[f"goodnet_{name}"] for name in formats]
+        for path in exports:
+            scores = evaluate(load_model_for_eval(path), test, bd_test)
             print(f"  {path}: clean accuracy {scores.test_accuracy:.2f}%, "
                   f"attack success {scores.attack_success:.2f}%")
     if tuning.epochs:

@@ -63,6 +63,44 @@ CHECK_ATOL = 1e-5
 CHECK_IMAGE_COUNT = 8
 
 
+#: What each format's export and self-check import, and the extra that installs it.
+RUNTIMES = {"onnx": (("tf2onnx", "onnxruntime"), "onnx"),
+            "litert": (("ai_edge_litert.interpreter",), "litert")}
+
+
+def check_formats(formats, what: str = "formats") -> tuple[str, ...]:
+    """Validates export formats and that their converters and runtimes are installed.
+
+    Called before any long work, so a missing `[onnx]` extra fails at once.
+
+    Returns:
+        The formats as a tuple, in the order given, without repeats.
+
+    Raises:
+        ValueError: an unknown format, or none; `MissingRuntimeError` for a format
+            whose packages are not installed.
+
+    Example:
+
+    >>> check_formats(["savedmodel", "onnx"])
+    ('savedmodel', 'onnx')
+    """
+    from keras_prune_guard.runtimes import require
+
+    if isinstance(formats, str):
+        formats = [formats]
+    out = tuple(dict.fromkeys(formats))
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown or not out:
+        raise ValueError(f"{what} must be some of {sorted(FORMATS)}. Received: "
+                         f"{what}={list(formats)}")
+    for name in out:
+        modules, extra = RUNTIMES.get(name, ((), ""))
+        for module in modules:
+            require(module, extra, f"{what} {name}")
+    return out
+
+
 class ExportError(ValueError):
     """A GoodNet export that could not be converted, or failed its self-check."""
 

@@ -24,7 +24,13 @@ from keras_prune_guard.config import (
     options_from,
 )
 from keras_prune_guard.evaluate import evaluate
-from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
+from keras_prune_guard.export import (
+    FORMATS,
+    check_formats,
+    export_goodnet,
+    save_model,
+    save_plain_h5,
+)
 from keras_prune_guard.finetune import check_data, fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.inputs import check_model_on, first_images, is_streamed, labelled_pairs
@@ -42,6 +48,7 @@ class _Data:
     poisoned: object = None
     fine_tune: object = None
     fine_tune_label: str | None = None
+    formats: tuple[str, ...] = ("savedmodel",)
 
     @property
     def scored(self) -> bool:
@@ -61,6 +68,7 @@ def repair(
     fine_tune_label: str | None = None,
     trigger_region: tuple[int, int, int, int] | None = None,
     model_label: str | None = None,
+    formats=("savedmodel",),
     run: RunOptions | None = None,
     **options,
 ) -> RepairResult:
@@ -97,6 +105,9 @@ def repair(
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.
+        formats: the GoodNet exports to write, each checked in its runtime after
+            writing: "savedmodel" (`goodnet_X{X}/`), "onnx" (`goodnet_X{X}.onnx`),
+            "litert" (`goodnet_X{X}.tflite`). Defaults to ("savedmodel",).
         run: strategy, activation cache folder, verbosity (`RunOptions`).
             Defaults to `None` (`RunOptions()`).
         **options: `PruneConfig` / `RunOptions` fields one by one; the 0.1
@@ -126,6 +137,7 @@ def repair(
     data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
                          fine_tune_label, num_classes)
     channel_layer(model, config.after)
+    data.formats = check_formats(formats)
     out_dir = Path(out_dir)
     for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
         run.log(f"Removed {leftover}, left by an interrupted run")
@@ -250,18 +262,27 @@ def score(model, data: _Data, run: RunOptions, flag_class: int | None = None) ->
 def _write_and_score(model, repaired, tag: str, out_dir: Path, data: _Data, run: RunOptions):
     """Writes B' (or B'') and its GoodNet for `tag`; returns files and both scores."""
     goodnet = GoodNetModel(model, repaired, name=f"goodnet_{tag}")
-    files = {k: str(v) for k, v in write_models(repaired, goodnet, out_dir, tag).items()}
+    check = None if data.test is None else first_images(data.test, 64)
+    files = write_models(repaired, goodnet, out_dir, tag, data.formats, check)
+    files = {k: str(v) for k, v in files.items()}
     return files, score(repaired, data, run), score(goodnet, data, run, goodnet.num_classes)
 
 
-def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str) -> dict:
-    """Writes B' (`.keras`, plain `.h5`) and its GoodNet (SavedModel, `.keras`) for `tag`."""
-    return {
+def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str,
+                 formats=("savedmodel",), images=None) -> dict:
+    """Writes B' (`.keras`, plain `.h5`) and its GoodNet (`.keras`, each export) for `tag`.
+
+    Each GoodNet export is checked in its own runtime on `images` (default: seeded ones).
+    """
+    files = {
         "repaired_keras": save_model(repaired, out_dir / f"bprime_{tag}.keras"),
         "repaired_h5": save_plain_h5(repaired, out_dir / f"bprime_{tag}.h5"),
-        "goodnet_savedmodel": export_goodnet(goodnet, out_dir / f"goodnet_{tag}"),
-        "goodnet_keras": save_model(goodnet, out_dir / f"goodnet_{tag}.keras"),
     }
+    for name in formats:
+        path = out_dir / f"goodnet_{tag}{FORMATS[name]}"
+        files[f"goodnet_{name}"] = export_goodnet(goodnet, path, name, images=images)
+    files["goodnet_keras"] = save_model(goodnet, out_dir / f"goodnet_{tag}.keras")
+    return files
 
 
 def fine_tune_row(model, b_prime, tag: str, out_dir: Path, data: _Data,

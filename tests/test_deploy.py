@@ -7,6 +7,7 @@ built once per module and shared.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def lab3(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
     """B, B' (10 points), the GoodNet, its 245 real images, their Keras outputs, its exports."""
     bad = deepid()
     bad.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
-    b_prime = prune(bad, *real_clean, thresholds=[10]).snapshots[10.0]
+    b_prime = prune(bad, real_clean, thresholds=[10], verbose=0).snapshots[10.0]
     goodnet = GoodNetModel(bad, b_prime)
     x = np.concatenate([real_clean[0], real_sunglasses[0]])
     folder = tmp_path_factory.mktemp("deploy")
@@ -138,7 +139,7 @@ def test_keras_export_method_writes_files_that_run(lab3, tmp_path, fmt):
 
 @pytest.fixture(scope="module")
 def fine_tuned(lab3, real_clean):
-    b_second = fine_tune(lab3["b_prime"], *real_clean, epochs=1, learning_rate=3e-4)
+    b_second = fine_tune(lab3["b_prime"], real_clean, epochs=1, learning_rate=3e-4)
     goodnet = GoodNetModel(lab3["bad"], b_second)
     assert not goodnet.shares_layers
     return goodnet, goodnet.predict(lab3["x"], verbose=0)
@@ -268,9 +269,9 @@ def test_eval_prints_the_same_figures_for_every_format(lab3, csaw_dir, capsys):
     assert printed["onnx"] == printed["savedmodel"] == printed["litert"]
     scores = evaluate(lab3["goodnet"], load_lab_h5(clean), load_lab_h5(poisoned))
     assert float(printed["onnx"]["Clean Classification accuracy"]) == pytest.approx(
-        scores["test_accuracy"], abs=1e-4)
+        scores.test_accuracy, abs=1e-4)
     assert float(printed["onnx"]["Attack Success Rate"]) == pytest.approx(
-        scores["attack_success"], abs=1e-4)
+        scores.attack_success, abs=1e-4)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
@@ -281,8 +282,8 @@ def test_examples_eval_py_scores_the_files(lab3, csaw_dir, fmt):
     served = ServedModel(lab3["paths"]["savedmodel"])
     scores = evaluate(served, load_lab_h5(clean), load_lab_h5(poisoned))
     assert done.stdout.strip().splitlines() == [
-        f"Clean Classification accuracy: {scores['test_accuracy']:.4f}",
-        f"Attack Success Rate: {scores['attack_success']:.4f}",
+        f"Clean Classification accuracy: {scores.test_accuracy:.4f}",
+        f"Attack Success Rate: {scores.attack_success:.4f}",
     ]
 
 
@@ -365,7 +366,7 @@ def benchmark_goodnet(tmp_path_factory):
     cache = tmp_path_factory.mktemp("bench_cache")
     paths = ensure_benchmark(cache, identities=6, per_identity_train=20, epochs=4, log=None)
     bad = load_network(paths.model)
-    b_prime = prune(bad, *load_lab_h5(paths.valid), thresholds=[10]).snapshots[10.0]
+    b_prime = prune(bad, load_lab_h5(paths.valid), thresholds=[10], verbose=0).snapshots[10.0]
     return GoodNetModel(bad, b_prime), paths
 
 
@@ -393,3 +394,38 @@ def test_broken_files_get_clear_errors(tmp_path, capsys, csaw_dir):
         assert code == 2 and len(err.splitlines()) == 1 and str(path) in err, err
     with pytest.raises(FileNotFoundError, match="missing.onnx: found no such file"):
         OnnxModel(tmp_path / "missing.onnx")
+
+
+# --- repair --formats ---------------------------------------------------------------------------
+
+
+def test_repair_writes_every_format_and_scores_them(csaw_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
+    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+                 "--valid", str(clean), "--test", str(clean), "--poisoned", str(poisoned),
+                 "--thresholds", "4", "--formats", "savedmodel", "onnx", "litert",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    row = json.loads((out / "report" / "report.json").read_text())["rows"][0]
+    assert {k for k in row["files"] if k.startswith("goodnet_")} == {
+        "goodnet_savedmodel", "goodnet_onnx", "goodnet_litert", "goodnet_keras"}
+    data = load_lab_h5(clean), load_lab_h5(poisoned)
+    for suffix in FORMATS.values():
+        scores = evaluate(load_model_for_eval(out / f"goodnet_X4{suffix}"), *data,
+                          flag_class=1283)
+        assert scores.to_dict() == row["goodnet"]
+
+
+def test_repair_refuses_a_missing_runtime_before_the_sweep(csaw_dir, tmp_path, monkeypatch,
+                                                          capsys):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    out = tmp_path / "out"
+    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--formats", "onnx",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and "Ranking" not in captured.out and not out.exists()
+    assert captured.err.startswith("keras-prune-guard repair: error: --formats onnx needs "
+                                   "tf2onnx")
+    assert '[onnx]"' in captured.err and len(captured.err.strip().splitlines()) == 1
