@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="score a model as the lab's eval.py does, or classify images",
         description="With a clean and a poisoned HDF5 file and a model (SavedModel folder, "
         ".keras, .h5, .onnx or .tflite): prints clean classification accuracy and attack "
-        "success rate. With --images: prints each image's class in [0, N], N meaning 'backdoored input'.",
+        "success rate. With --images: prints each image's class in [0, N], N meaning "
+        "'backdoored input'.",
     )
     ev.add_argument("files", nargs="*", help="<clean.h5> <poisoned.h5> <model>")
     ev.add_argument("--images", default=None, help="an image file, a folder of images or an "
