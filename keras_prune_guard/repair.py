@@ -143,36 +143,13 @@ def repair(
         run.log(f"Removed {leftover}, left by an interrupted run")
 
     pruned = _prune(model, data, config, run)
-    swept = pruned.sweep
-    result = RepairResult(
-        model=model_label or model.name, layer=swept.layer, channels=swept.channels,
-        num_classes=num_classes, config=config,
-        baseline=_baseline(model, swept.baseline_valid_accuracy, data, run),
-        rows=[], curve=swept.curve, channel_order=swept.channel_order,
-        channel_means=swept.channel_means, warnings=list(swept.warnings),
-    )
-    if fine_tune.epochs:
-        result.fine_tune, result.fine_tune_data = fine_tune, data.fine_tune_label
-        result.fine_tune_images = len(data.fine_tune[0])
+    result = _new_result(model, pruned.sweep, config, fine_tune, data, model_label, run)
     figure_models = {"B": model}
-    for t, snap in swept.snapshots.items():
-        tag = f"X{t:g}"
-        b_prime = pruned.snapshots[t]
-        row = ThresholdResult(
-            threshold=t, reached=snap.reached, num_pruned=snap.num_pruned,
-            fraction_pruned=snap.fraction_pruned, valid_accuracy=snap.valid_accuracy,
-            pruned_channels=snap.pruned_channels,
-        )
-        row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, out_dir,
-                                                                data, run)
+    for t, snap in pruned.sweep.snapshots.items():
+        row, models = repair_at(model, pruned.snapshots[t], snap, pruned.sweep.channels,
+                                out_dir, data, fine_tune, run)
         result.rows.append(row)
-        figure_models[f"B' X={t:g}"] = b_prime
-        run.log(f"X={t:g}: {snap.num_pruned}/{swept.channels} channels pruned, "
-                f"validation accuracy {snap.valid_accuracy:.2f}%; wrote "
-                f"{out_dir / ('*_' + tag)}*")
-        if fine_tune.epochs:
-            row.fine_tuned, figure_models[f"B'' X={t:g}"] = fine_tune_row(
-                model, b_prime, tag, out_dir, data, fine_tune, run)
+        figure_models.update(models)
     return write_report(result, out_dir, figure_models, data, trigger_region, run)
 
 
@@ -233,6 +210,46 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
         data.fine_tune_label = fine_tune_label or (
             "the validation data" if fine_tune_data is None else "fine_tune_data")
     return data
+
+
+def _new_result(model, swept, config: PruneConfig, fine_tune: FineTuneConfig, data: _Data,
+                model_label: str | None, run: RunOptions) -> RepairResult:
+    """The result of a repair before its rows: the sweep, B's scores, the settings."""
+    result = RepairResult(
+        model=model_label or model.name, layer=swept.layer, channels=swept.channels,
+        num_classes=int(model.output_shape[-1]), config=config,
+        baseline=_baseline(model, swept.baseline_valid_accuracy, data, run),
+        rows=[], curve=swept.curve, channel_order=swept.channel_order,
+        channel_means=swept.channel_means, warnings=list(swept.warnings),
+    )
+    if fine_tune.epochs:
+        result.fine_tune, result.fine_tune_data = fine_tune, data.fine_tune_label
+        result.fine_tune_images = len(data.fine_tune[0])
+    return result
+
+
+def repair_at(model, b_prime, snap, channels: int, out_dir: Path, data: _Data,
+              fine_tune: FineTuneConfig, run: RunOptions) -> tuple[ThresholdResult, dict]:
+    """One threshold X: writes and scores B'_X and G_X (and B''_X, G''_X when fine-tuning).
+
+    Returns:
+        The row of X and the models to draw in the saliency figure.
+    """
+    t, tag = snap.threshold, f"X{snap.threshold:g}"
+    row = ThresholdResult(
+        threshold=t, reached=snap.reached, num_pruned=snap.num_pruned,
+        fraction_pruned=snap.fraction_pruned, valid_accuracy=snap.valid_accuracy,
+        pruned_channels=snap.pruned_channels,
+    )
+    row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, out_dir,
+                                                            data, run)
+    run.log(f"X={t:g}: {snap.num_pruned}/{channels} channels pruned, validation accuracy "
+            f"{snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
+    models = {f"B' X={t:g}": b_prime}
+    if fine_tune.epochs:
+        row.fine_tuned, models[f"B'' X={t:g}"] = fine_tune_row(model, b_prime, tag, out_dir,
+                                                              data, fine_tune, run)
+    return row, models
 
 
 def _prune(model, data: _Data, config: PruneConfig, run: RunOptions):
