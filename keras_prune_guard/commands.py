@@ -14,6 +14,7 @@ from keras_prune_guard.evaluate import (
     predict_classes,
 )
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
+from keras_prune_guard.outputs import check_out_dir
 from keras_prune_guard.repair import repair as run_repair
 from keras_prune_guard.surgery import channel_layer
 from keras_prune_guard.sweep import check_thresholds
@@ -70,6 +71,7 @@ def repair(args: argparse.Namespace) -> int:
     )
     check_thresholds(args.thresholds)  # argument errors before reading any data
     channel_layer(model, args.after)
+    check_out_dir(args.out, argument="--out")  # a file, below a file, busy: before any work
     read = _stream_for if args.stream else _read_for
     valid = read(model, args.valid)
     if args.fine_tune_data is not None and not args.fine_tune_epochs:
@@ -140,6 +142,7 @@ def demo(args: argparse.Namespace) -> int:
     from keras_prune_guard.evaluate import ServedModel
 
     start = time.perf_counter()
+    check_out_dir(args.out, argument="--out")  # before the benchmark is built or trained
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
     kwargs = {key: value for key, value in sizes.items() if value is not None}

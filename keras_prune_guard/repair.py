@@ -10,7 +10,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_prune_guard.atomic import clean_stale
 from keras_prune_guard.callbacks import prune
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
@@ -21,6 +20,7 @@ from keras_prune_guard.finetune import (
     fine_tune,
 )
 from keras_prune_guard.goodnet import GoodNetModel
+from keras_prune_guard.outputs import RunFolder, run_folder
 from keras_prune_guard.surgery import channel_layer
 from keras_prune_guard.sweep import DEFAULT_THRESHOLDS, check_thresholds
 
@@ -55,8 +55,12 @@ def repair(
     For each threshold X it writes into `out_dir`: `bprime_X{X}.keras` (B' with
     its ChannelMask), `bprime_X{X}.h5` (the mask folded into the weights, plain
     Keras), `goodnet_X{X}/` (one SavedModel) and `goodnet_X{X}.keras`; and the
-    report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. Every file
-    is written to a temporary name and renamed into place.
+    report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. The run owns
+    `out_dir` (`outputs.run_folder`: checked and locked before the sweep, so a
+    second run on it fails at once): every file is written into a staging folder
+    and all are published together at the end, listed in `out_dir/manifest.json`,
+    so the folder always holds one run's complete output; files of the user in it
+    are never deleted.
 
     With `fine_tune_epochs` E > 0 it also fine-prunes: for each X an independent
     copy of B' is trained E epochs on clean data (the mask frozen, see
@@ -138,102 +142,105 @@ def repair(
     check_thresholds(thresholds)  # fail on arguments before any work
     channel_layer(model, after)
     out_dir = Path(out_dir)
-    for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
-        log(f"Removed {leftover}, left by an interrupted run")
-    what = "the streamed validation images" if _streamed(valid) else \
-        f"{len(valid[0])} validation images"
-    log(f"Ranking {what} and sweeping the mask ...")
-    last = {"shown": -1}
+    with run_folder(out_dir, log=log) as run:  # checked and locked before any work; every
+        # file is written below run.staging, and run.commit() publishes them together
+        what = "the streamed validation images" if _streamed(valid) else \
+            f"{len(valid[0])} validation images"
+        log(f"Ranking {what} and sweeping the mask ...")
+        last = {"shown": -1}
 
-    def progress(step, total, acc):
-        if step * 10 // total != last["shown"]:
-            last["shown"] = step * 10 // total
-            log(f"  step {step}/{total}: validation accuracy {acc:.2f}%")
+        def progress(step, total, acc):
+            if step * 10 // total != last["shown"]:
+                last["shown"] = step * 10 // total
+                log(f"  step {step}/{total}: validation accuracy {acc:.2f}%")
 
-    result = prune(
-        model,
-        *((valid, None) if _streamed(valid) else valid),
-        thresholds,
-        after=after,
-        order=order,
-        relative=relative,
-        keep=keep,
-        poisoned=poisoned,
-        full_curve=full_curve,
-        progress=progress,
-        strategy=strategy,
-        cache_dir=cache_dir,
-    )
-    swept = result.sweep
-    num_classes = int(model.output_shape[-1])
-    baseline = {"valid_accuracy": swept.baseline_accuracy, "test_accuracy": None,
-                "attack_success": None}
-    if test is not None or poisoned is not None:
-        baseline.update(evaluate(model, test, poisoned, strategy=strategy))
-
-    rows, figure_models = [], {"B": model}
-    for t, snap in swept.snapshots.items():
-        tag = f"X{t:g}"
-        b_prime = result.snapshots[t]
-        goodnet = GoodNetModel(model, b_prime, name=f"goodnet_{tag}")
-        files = write_models(b_prime, goodnet, out_dir, tag)
-        row = {
-            "threshold": t,
-            "reached": snap.reached,
-            "channels_pruned": snap.channels_pruned,
-            "fraction_pruned": snap.channels_pruned / swept.channels,
-            "valid_accuracy": snap.valid_accuracy,
-            "pruned_channels": snap.pruned_channels,
-            "repaired": None,
-            "goodnet": None,
-            "files": {k: str(v) for k, v in files.items()},
-        }
+        result = prune(
+            model,
+            *((valid, None) if _streamed(valid) else valid),
+            thresholds,
+            after=after,
+            order=order,
+            relative=relative,
+            keep=keep,
+            poisoned=poisoned,
+            full_curve=full_curve,
+            progress=progress,
+            strategy=strategy,
+            cache_dir=cache_dir,
+        )
+        swept = result.sweep
+        num_classes = int(model.output_shape[-1])
+        baseline = {"valid_accuracy": swept.baseline_accuracy, "test_accuracy": None,
+                    "attack_success": None}
         if test is not None or poisoned is not None:
-            row["repaired"] = evaluate(b_prime, test, poisoned, strategy=strategy)
-            row["goodnet"] = evaluate(goodnet, test, poisoned, flag_class=num_classes,
-                                      strategy=strategy)
-        rows.append(row)
-        figure_models[f"B' X={t:g}"] = b_prime
-        log(f"X={t:g}: {snap.channels_pruned}/{swept.channels} channels pruned, "
-            f"validation accuracy {snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
-        if fine_tune_epochs:
-            row["fine_tuned"] = _fine_tuned_row(
-                model, b_prime, tag, out_dir, ft_data, valid, test, poisoned,
-                epochs=fine_tune_epochs, learning_rate=fine_tune_lr, strategy=strategy,
-            )
-            figure_models[f"B'' X={t:g}"] = row["fine_tuned"].pop("model")
-            log(f"X={t:g}: fine-tuned B' for {fine_tune_epochs} epochs on "
-                f"{len(ft_data[0])} images: validation accuracy "
-                f"{row['fine_tuned']['valid_accuracy']:.2f}%"
-                f"{' (the data it was tuned on)' if fine_tune_data is None else ''}; wrote "
-                f"{out_dir / ('*_ft_' + tag)}*")
+            baseline.update(evaluate(model, test, poisoned, strategy=strategy))
 
-    summary = {
-        "title": "keras-prune-guard repair report",
-        "model": model_label or model.name,
-        "layer": swept.layer,
-        "channels": swept.channels,
-        "num_classes": num_classes,
-        "order": swept.ranking,
-        "relative": swept.relative,
-        "keep": swept.keep,
-        "ranking": swept.order,
-        "channel_means": swept.means,
-        "baseline": baseline,
-        "rows": rows,
-        "curve": swept.curve,
-        "warnings": swept.warnings,
-    }
-    if fine_tune_epochs:
-        summary["fine_tune"] = {
-            "epochs": fine_tune_epochs,
-            "learning_rate": fine_tune_lr,
-            "batch_size": DEFAULT_BATCH_SIZE,
-            "optimizer": "adam, cosine decay",
-            "data": fine_tune_label,
-            "images": len(ft_data[0]),
+        rows, figure_models = [], {"B": model}
+        for t, snap in swept.snapshots.items():
+            tag = f"X{t:g}"
+            b_prime = result.snapshots[t]
+            goodnet = GoodNetModel(model, b_prime, name=f"goodnet_{tag}")
+            files = run.final(write_models(b_prime, goodnet, run.staging, tag))
+            row = {
+                "threshold": t,
+                "reached": snap.reached,
+                "channels_pruned": snap.channels_pruned,
+                "fraction_pruned": snap.channels_pruned / swept.channels,
+                "valid_accuracy": snap.valid_accuracy,
+                "pruned_channels": snap.pruned_channels,
+                "repaired": None,
+                "goodnet": None,
+                "files": {k: str(v) for k, v in files.items()},
+            }
+            if test is not None or poisoned is not None:
+                row["repaired"] = evaluate(b_prime, test, poisoned, strategy=strategy)
+                row["goodnet"] = evaluate(goodnet, test, poisoned, flag_class=num_classes,
+                                          strategy=strategy)
+            rows.append(row)
+            figure_models[f"B' X={t:g}"] = b_prime
+            log(f"X={t:g}: {snap.channels_pruned}/{swept.channels} channels pruned, "
+                f"validation accuracy {snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
+            if fine_tune_epochs:
+                row["fine_tuned"] = _fine_tuned_row(
+                    model, b_prime, tag, run, ft_data, valid, test, poisoned,
+                    epochs=fine_tune_epochs, learning_rate=fine_tune_lr, strategy=strategy,
+                )
+                figure_models[f"B'' X={t:g}"] = row["fine_tuned"].pop("model")
+                log(f"X={t:g}: fine-tuned B' for {fine_tune_epochs} epochs on "
+                    f"{len(ft_data[0])} images: validation accuracy "
+                    f"{row['fine_tuned']['valid_accuracy']:.2f}%"
+                    f"{' (the data it was tuned on)' if fine_tune_data is None else ''}; wrote "
+                    f"{out_dir / ('*_ft_' + tag)}*")
+
+        summary = {
+            "title": "keras-prune-guard repair report",
+            "model": model_label or model.name,
+            "layer": swept.layer,
+            "channels": swept.channels,
+            "num_classes": num_classes,
+            "order": swept.ranking,
+            "relative": swept.relative,
+            "keep": swept.keep,
+            "ranking": swept.order,
+            "channel_means": swept.means,
+            "baseline": baseline,
+            "rows": rows,
+            "curve": swept.curve,
+            "warnings": swept.warnings,
         }
-    return write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log)
+        if fine_tune_epochs:
+            summary["fine_tune"] = {
+                "epochs": fine_tune_epochs,
+                "learning_rate": fine_tune_lr,
+                "batch_size": DEFAULT_BATCH_SIZE,
+                "optimizer": "adam, cosine decay",
+                "data": fine_tune_label,
+                "images": len(ft_data[0]),
+            }
+        summary = write_summary(summary, run, figure_models, test, poisoned, trigger_region,
+                                log)
+        run.commit()
+    return summary
 
 
 def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str) -> dict:
@@ -266,13 +273,13 @@ def _first_images(data, count: int) -> np.ndarray:
     return np.concatenate(taken)
 
 
-def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned, *,
+def _fine_tuned_row(model, b_prime, tag, run: RunFolder, ft_data, valid, test, poisoned, *,
                     epochs, learning_rate, strategy=None) -> dict:
     """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both (with "model": B'')."""
     b_second = fine_tune(b_prime, ft_data[0], ft_data[1], epochs=epochs,
                          learning_rate=learning_rate)
     goodnet = GoodNetModel(model, b_second, name=f"goodnet_ft_{tag}")
-    files = write_models(b_second, goodnet, out_dir, f"ft_{tag}")
+    files = run.final(write_models(b_second, goodnet, run.staging, f"ft_{tag}"))
     num_classes = int(model.output_shape[-1])
     scored = test is not None or poisoned is not None
     return {
@@ -290,11 +297,12 @@ def _fine_tuned_row(model, b_prime, tag, out_dir, ft_data, valid, test, poisoned
     }
 
 
-def write_summary(summary, out_dir, figure_models, test, poisoned, trigger_region, log) -> dict:
+def write_summary(summary, run: RunFolder, figure_models, test, poisoned, trigger_region,
+                  log) -> dict:
     """Adds the saliency figure (when test images exist) and writes the report files."""
     from keras_prune_guard.report import markdown_table, write_report
 
-    report_dir = Path(out_dir) / "report"
+    report_dir = run.staging / "report"
     figures = {}
     if test is not None and poisoned is not None:
         from keras_prune_guard.saliency import comparison_figure
@@ -312,7 +320,8 @@ def write_summary(summary, out_dir, figure_models, test, poisoned, trigger_regio
         if fig.get("shares"):
             summary["saliency_trigger_share"] = fig["shares"]
     paths = write_report(summary, report_dir, figures=figures)
-    summary["report_files"] = {k: str(v) for k, v in paths.items()}
+    summary["report_files"] = {k: str(v) for k, v in run.final(paths).items()}
     log(markdown_table(summary))
-    log(f"Report written to {report_dir}/ ({', '.join(sorted(p.name for p in paths.values()))})")
+    names = ", ".join(sorted(p.name for p in paths.values()))
+    log(f"Report written to {run.final(report_dir)}/ ({names})")
     return summary
