@@ -73,13 +73,13 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
     from keras_prune_guard.paths import path_problem
 
     path = Path(path)
+    check_entry(path)  # first: an entry may be missing only because a commit was interrupted
     expected = "expected a SavedModel folder, a .keras or an .h5 file"
     problem = path_problem(path)
     if problem == "no such file":
         raise FileNotFoundError(f"Model not found: {path} ({expected})")
     if problem is not None:
         raise ValueError(f"model {path}: found {problem}; {expected}.")
-    check_entry(path)
     if path.is_dir():
         if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
             hint = (" This is an output folder of `repair`: pass one of its goodnet_X*/ "

@@ -699,10 +699,12 @@ class _Commit:
         path = self.out / name
         if not os.path.lexists(path):
             return
-        if not self.unowned(path, name, self.old_files, self.old_dirs):
+        theirs = self.unowned(path, name, self.old_files, self.old_dirs)
+        if not theirs:
             _delete(path)
             return
         self._remove_listed(path, name)
+        self.kept += [(rel, item) for item, rel in theirs]  # left where they are
 
     def _remove_listed(self, path: Path, rel: str) -> None:
         if _real_dir(path):
