@@ -31,12 +31,13 @@ interrupted" (the commit folder exists), which `eval` refuses and the next run
 completes. Each file and SavedModel is also whole at every instant (one rename), so
 even a reader that ignores the manifest never reads half a model.
 
-Files of the user: the package deletes only files a manifest of its own lists (the
-previous run's, or this run's). Anything else in the way of an entry (a user's file
-inside `goodnet_X2/`, a user's file at a name the run writes, the output of a version
-without manifests) is moved, never deleted: into the new folder at the same place,
-or, where a file of the run takes that place, to `kept-<run id>/`; every move is
-logged. Other entries of the folder are never touched.
+Files of the user: the package deletes only files whose path and bytes (size, sha256)
+a manifest of its own lists (the previous run's, or this run's). Anything else in the
+way of an entry (a user's file inside `goodnet_X2/`, a user's file at a name the run
+writes, a listed file someone changed since, the output of a version without
+manifests) is moved, never deleted: into the new folder at the same place, or, where
+a file of the run takes that place, to `kept-<run id>/`; every move is logged. Other
+entries of the folder are never touched.
 
 Limits: process ids are checked on this machine only (do not share one folder
 between machines while they write to it); where `flock` is missing (Windows, some
@@ -164,7 +165,7 @@ def _check_path(out: Path, argument: str) -> Path:
     if problem is None:
         if not out.is_dir():
             raise fail(f"an existing file ({out.stat().st_size} bytes)")
-        if not os.access(out, os.W_OK | os.X_OK):
+        if not os.access(out, os.R_OK | os.W_OK | os.X_OK):
             raise fail("a folder you cannot write to", "a folder you can write to")
         return out
     blocker = file_above(out)
@@ -494,13 +495,15 @@ def _problems(out: Path, manifest: dict, name: str | None = None) -> list[str]:
     return problems
 
 
-def _pending_text(out: Path) -> str:
+def _pending_text(out: Path, subject: Path | None = None) -> str:
+    """Why a folder with a commit folder is refused; `subject` is the model asked for."""
     pending = _read_json(out / COMMIT_DIR / MANIFEST) or {}
     run, pid = pending.get("run_id", "?"), pending.get("pid")
+    head = f"{out}: " if subject is None else f"{subject}: in its folder {out}, "
     if isinstance(pid, int) and _alive(pid) and pid != os.getpid():
-        return (f"{out}: run {run} (pid {pid}) is moving its files into this folder right now; "
+        return (f"{head}run {run} (pid {pid}) is moving its files into place right now; "
                 "expected one complete run (try again in a moment).")
-    return (f"{out}: the commit of run {run} was interrupted, so the folder may mix two runs; "
+    return (f"{head}the commit of run {run} was interrupted, so the folder may mix two runs; "
             f"expected one complete run. The next `keras-prune-guard repair --out {out}` "
             f"finishes it first, as does keras_prune_guard.outputs.recover({str(out)!r}).")
 
@@ -561,7 +564,7 @@ def check_entry(path: str | os.PathLike) -> Verified | None:
     p = Path(os.fspath(path))
     folder = p.parent
     if os.path.lexists(folder / COMMIT_DIR):
-        raise ManifestError(f"{p}: " + _pending_text(folder))
+        raise ManifestError(_pending_text(folder, p))
     if not (folder / MANIFEST).is_file():
         return None
     manifest = _read_manifest(folder / MANIFEST)
@@ -610,10 +613,12 @@ class _Commit:
 
     def __init__(self, out: Path, new: dict, old: dict | None, log: Log):
         self.out, self.pending, self.new, self.log = out, out / COMMIT_DIR, new, log
-        self.old_files = set(old["files"]) if old else set()
+        self.old_files = {rel: [meta] for rel, meta in (old["files"] if old else {}).items()}
         self.old_dirs = set(old["dirs"]) if old else set()
         self.old_entries = list(old["entries"]) if old else []
-        self.all_files = self.old_files | set(new["files"])
+        self.all_files = {rel: [*self.old_files.get(rel, []), *([new["files"][rel]]
+                                                            if rel in new["files"] else [])]
+                          for rel in {*self.old_files, *new["files"]}}
         self.all_dirs = self.old_dirs | set(new["dirs"])
         self.kept_dir = out / f"{KEPT_PREFIX}{new['run_id']}"
         self.kept: list[tuple[str, Path]] = []
@@ -653,15 +658,14 @@ class _Commit:
                 _move(src, dst)
                 self.discard(aside, name, rescue=dst)
                 return
-            if src.is_file() and dst.is_file() and not dst.is_symlink() \
-                    and name in self.old_files:
+            if src.is_file() and dst.is_file() and _ours(dst, name, self.old_files):
                 _replace(src, dst)
                 return
             self.keep(dst, name)  # not ours (a user's entry, or no manifest): moved, not deleted
         _move(src, dst)
 
-    def unowned(self, path: Path, rel: str, files: set, dirs: set) -> list[tuple[Path, str]]:
-        """The items below `path` (as `rel`) that no manifest in `files`/`dirs` lists."""
+    def unowned(self, path: Path, rel: str, files: dict, dirs: set) -> list[tuple[Path, str]]:
+        """The items below `path` (as `rel`) that are not as a manifest (`files`, `dirs`) lists."""
         if _real_dir(path):
             if rel not in dirs:
                 return [(path, rel)]
@@ -669,7 +673,7 @@ class _Commit:
             for child in sorted(os.listdir(path)):
                 found += self.unowned(path / child, f"{rel}/{child}", files, dirs)
             return found
-        return [] if rel in files and not path.is_symlink() else [(path, rel)]
+        return [] if _ours(path, rel, files) else [(path, rel)]
 
     def merge(self, dst: Path, name: str) -> None:
         """Moves what is not the previous run's out of `dst` into the new folder (or kept)."""
@@ -714,7 +718,7 @@ class _Commit:
                 self._remove_listed(path / child, f"{rel}/{child}")
             if not os.listdir(path):
                 _rmdir(path)
-        elif rel in self.old_files and not path.is_symlink():
+        elif _ours(path, rel, self.old_files):
             _delete(path)
 
     def keep(self, path: Path, rel: str) -> None:
@@ -728,13 +732,28 @@ class _Commit:
             return
         shown = ", ".join(f"{rel} -> {target}" for rel, target in self.kept[:6])
         more = f", and {len(self.kept) - 6} more" if len(self.kept) > 6 else ""
-        self.log(f"Kept {len(self.kept)} item(s) in {self.out}/ that no manifest of "
-                 f"keras-prune-guard lists (yours, or from a run without a manifest); nothing "
-                 f"was deleted: {shown}{more}")
+        self.log(f"Kept {len(self.kept)} item(s) in {self.out}/ that are not as a manifest of "
+                 "keras-prune-guard lists them (yours, changed since, or from a run without a "
+                 f"manifest); nothing was deleted: {shown}{more}")
 
 
 def _real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
+
+
+def _ours(path: Path, rel: str, files: dict[str, list[dict]]) -> bool:
+    """True when `path` is a file with the bytes a manifest lists for `rel` (size, sha256).
+
+    A listed file someone changed since is not ours any more: it is kept, not deleted.
+    """
+    metas = files.get(rel)
+    if not metas or path.is_symlink() or not path.is_file():
+        return False
+    size = path.stat().st_size
+    if all(meta.get("size") != size for meta in metas):
+        return False
+    digest = _sha256(path)[1]
+    return any(meta.get("size") == size and meta.get("sha256") == digest for meta in metas)
 
 
 def _apply(out: Path, log: Log) -> None:

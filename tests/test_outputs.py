@@ -165,6 +165,8 @@ def test_run_in_a_folder_with_user_files_keeps_every_one(runs, tmp_path):
     """Replacing goodnet_X4/ keeps the user's file in it; a user's goodnet_X2/ is kept aside."""
     out = link_tree(runs["old"], tmp_path / "out")
     add_user_files(out)
+    (out / "report" / "report.md").unlink()  # the previous run's report, edited by the user
+    (out / "report" / "report.md").write_text("my edits")
     old = manifest_of(out)
     lines = []
     with run_folder(out, log=lines.append) as run:
@@ -183,7 +185,10 @@ def test_run_in_a_folder_with_user_files_keeps_every_one(runs, tmp_path):
         rel: source[rel] for rel in new["files"]}
     assert not (out / "bprime_X10.keras").exists()
     assert sorted(os.listdir(out / "goodnet_X10")) == ["keep.txt"]
-    assert sorted(os.listdir(out / f"kept-{new['run_id']}")) == ["goodnet_X2"]
+    kept = out / f"kept-{new['run_id']}"
+    assert sorted(os.listdir(kept)) == ["goodnet_X2", "report"]
+    assert sorted(os.listdir(kept / "report")) == ["report.md"]  # only the changed file
+    assert (kept / "report" / "report.md").read_text() == "my edits"
     said = "\n".join(lines)
     assert "nothing was deleted" in said and "goodnet_X2 -> " in said
     assert "goodnet_X4/notes.txt" in said and "goodnet_X10/keep.txt" in said
