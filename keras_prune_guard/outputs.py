@@ -442,7 +442,7 @@ def _read_manifest(path: Path) -> dict:
     """The manifest at `path`, its fields checked; raises `ManifestError`."""
     if not path.is_file():
         raise ManifestError(f"{path.parent}: found no {MANIFEST}; expected an output folder "
-                            "written by keras-prune-guard (0.2 or later).")
+                            f"written by `keras-prune-guard repair` (which writes {MANIFEST}).")
     manifest = _read_json(path)
     fields_ok = manifest is not None and manifest.get("format") == _FORMAT and all(
         isinstance(manifest.get(k), t) for k, t in

@@ -751,3 +751,29 @@ def test_images_of_the_right_size_still_load(tmp_path):
                                         r"its header \(not decoded\); expected \(55, 47, 3\), as "
                                         r"the first image a.png"):
         load_images(tmp_path)
+
+
+def test_image_above_twice_pillows_limit_is_refused_unopened(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (100, 100), (9, 9, 9)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's documented setting
+    with pytest.raises(DataError, match=r"big.png: found an image too large to decode \(.*"
+                                        r"10000 pixels.*\); expected an image of the model's "
+                                        r"size \(the image was not decoded\)"):
+        load_images(tmp_path / "big.png", image_shape=(100, 100, 3))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # above the limit, below twice it
+    with pytest.raises(DataError, match=r"100 x 100 pixels .*MAX_IMAGE_PIXELS = 5,000 pixels"):
+        load_images(tmp_path / "big.png")
+
+
+def test_eval_names_a_savedmodel_tensorflow_cannot_read(tmp_path, capsys):
+    (tmp_path / "goodnet_X2").mkdir()
+    (tmp_path / "goodnet_X2" / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    with pytest.raises(ValueError, match=r"SavedModel .*goodnet_X2: TensorFlow could not load it "
+                                         r"\(.*\); expected a SavedModel folder written by"):
+        load_model_for_eval(tmp_path / "goodnet_X2")
+    h5 = str(tmp_path / "missing.h5")
+    assert cli_main(["eval", h5, h5, str(tmp_path / "goodnet_X2")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "TensorFlow could not load it" in err
