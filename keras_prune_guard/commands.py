@@ -19,6 +19,7 @@ from keras_prune_guard.evaluate import (
 from keras_prune_guard.export import check_formats
 from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
+from keras_prune_guard.outputs import check_out_dir
 from keras_prune_guard.repair import repair as run_repair
 from keras_prune_guard.surgery import channel_layer
 
@@ -82,6 +83,7 @@ def repair(args: argparse.Namespace) -> int:
         safe_mode=not args.unsafe_deserialization,
     )
     channel_layer(model, config.after)
+    check_out_dir(args.out, argument="--out")  # a file, below a file, busy: before any work
     read = _stream_for if args.stream else _read_for
     valid, test = read(model, args.valid), read(model, args.test)
     source = Path(args.model or args.weights).name
@@ -182,6 +184,7 @@ def demo(args: argparse.Namespace) -> int:
     from keras_prune_guard.benchmark import ensure_benchmark
 
     start = time.perf_counter()
+    check_out_dir(args.out, argument="--out")  # before the benchmark is built or trained
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
     kwargs = {key: value for key, value in sizes.items() if value is not None}

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.paths import path_problem
 
 #: Suffixes `load_images` reads (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -77,8 +78,9 @@ def _check_args(image_shape, num_classes) -> tuple[tuple[int, int, int] | None, 
 
 def _existing_file(path) -> Path:
     p = Path(os.fspath(path))
-    if not p.exists():
-        raise _fail(p, None, "no such file", "an existing HDF5 file in the lab layout")
+    problem = path_problem(p)
+    if problem is not None:  # "no such file", or a symlink loop, a broken symlink...
+        raise _fail(p, None, problem, "an existing HDF5 file in the lab layout")
     if not p.is_file():
         raise _fail(p, None, "a folder", "an HDF5 file in the lab layout")
     return p
@@ -430,8 +432,9 @@ def lab_h5_dataset(
 
 
 def _image_files(p: Path) -> list[Path]:
-    if not p.exists():
-        raise _fail(p, None, "no such file or folder",
+    problem = path_problem(p)
+    if problem is not None:
+        raise _fail(p, None, "no such file or folder" if problem == "no such file" else problem,
                     f"an image file or a folder of images ({', '.join(IMAGE_SUFFIXES)})")
     if p.is_file():
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -449,11 +452,36 @@ def _image_files(p: Path) -> list[Path]:
     return files
 
 
-def _read_image(q: Path, channels: int) -> np.ndarray:
+def _read_image(q: Path, channels: int, size: tuple[int, int] | None = None,
+                source: str = "the model's input") -> np.ndarray:
+    """Decodes one image, after checking its size from the header (Pillow reads it lazily).
+
+    Args:
+        q: the image file.
+        channels: 3 (RGB) or 1 (grey).
+        size: the (H, W) it must have, checked before decoding. Defaults to `None`.
+        source: where `size` comes from, for the message. Defaults to the model's input.
+    """
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(q) as im:
+        with warnings.catch_warnings():  # the size is checked below, before any decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(q)
+        with im:
+            width, height = im.size
+            if size is not None and (height, width) != tuple(size):
+                raise _fail(q, None, f"an image of (H, W, C) {(height, width, channels)} in "
+                            "its header (not decoded)",
+                            f"{(*size, channels)}, as {source} (images are not resized)")
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and width * height > limit:
+                raise _fail(q, None, f"an image of {width} x {height} pixels (W x H; "
+                            f"{width * height:,} pixels, read from the file's header)",
+                            f"at most Pillow's Image.MAX_IMAGE_PIXELS = {limit:,} pixels "
+                            "(a decompression-bomb guard; the image was not decoded)")
             im.load()
             if im.mode not in _EIGHT_BIT_MODES:
                 raise _fail(q, None, f"Pillow image mode '{im.mode}' (16-bit or float)",
@@ -463,7 +491,10 @@ def _read_image(q: Path, channels: int) -> np.ndarray:
             im = im.convert("RGB" if channels == 3 else "L")
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise _fail(q, None, f"an image too large to decode ({err})",
+                    "an image of the model's size (the image was not decoded)") from err
+    except (OSError, ValueError, SyntaxError) as err:
         raise _fail(q, None, f"an unreadable image ({err})", "a valid PNG or JPEG file") from err
     x = np.asarray(im, dtype="float32")
     return x if channels == 3 else x[..., None]
@@ -478,7 +509,10 @@ def load_images(
 
     RGBA, palette and grey images are converted to RGB (or to grey when
     `image_shape` has 1 channel). Images are never resized: a size different
-    from `image_shape` (or, without it, from the first image) is an error.
+    from `image_shape` (or, without it, from the first image) is an error,
+    found from the file's header before the image is decoded (so a huge PNG
+    costs no memory); images above Pillow's `Image.MAX_IMAGE_PIXELS` are
+    refused the same way.
 
     Args:
         path: an image file or a folder (not searched recursively; dotfiles skipped).
@@ -503,13 +537,15 @@ def load_images(
     files = _image_files(Path(os.fspath(path)))
     channels = 3 if image_shape is None else image_shape[2]
     out = None
+    size = None if image_shape is None else image_shape[:2]
+    source = "the model's input" if image_shape else f"the first image {files[0].name}"
     for i, q in enumerate(files):
-        x = _read_image(q, channels)
+        x = _read_image(q, channels, size, source)  # its size checked before decoding
+        size = size or x.shape[:2]
         if out is None:
             want = image_shape or x.shape
             out = np.empty((len(files), *want), dtype="float32")
         if x.shape != out.shape[1:]:
-            source = "the model's input" if image_shape else f"the first image {files[0].name}"
             raise _fail(q, None, f"an image of (H, W, C) {x.shape}",
                         f"{out.shape[1:]}, as {source} (images are not resized)")
         out[i] = x

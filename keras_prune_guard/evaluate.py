@@ -35,7 +35,14 @@ class ServedModel:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
-        self._loaded = tf.saved_model.load(self.path)
+        try:
+            self._loaded = tf.saved_model.load(self.path)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            reason = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
+            raise ValueError(
+                f"SavedModel {self.path}: TensorFlow could not load it ({type(err).__name__}: "
+                f"{reason}); expected a SavedModel folder written by keras-prune-guard."
+            ) from None
         if not hasattr(self._loaded, "serve"):
             raise ValueError(
                 f"SavedModel {self.path} has no 'serve' endpoint; expected one written by "
@@ -64,14 +71,34 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
         A `ServedModel`, `OnnxModel`, `LiteRTModel` or `keras.Model`; all take
         raw 0..255 float32 images.
 
+    A model inside a folder written by `repair` is first checked against the
+    folder's `manifest.json` (`outputs.check_entry`): a model of an interrupted
+    commit, or one whose files changed, is refused.
+
     Raises:
         FileNotFoundError: nothing at `path`.
+        ValueError: a symlink loop or broken symlink, a folder that is not a
+            SavedModel, a model that does not match its folder's manifest, or a
+            file Keras cannot load.
     """
+    from keras_prune_guard.outputs import check_entry
+    from keras_prune_guard.paths import path_problem
+
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Model not found: {path} (expected a SavedModel folder, "
-                                "a .keras, an .h5, an .onnx or a .tflite file)")
+    check_entry(path)  # first: an entry may be missing only because a commit was interrupted
+    expected = "expected a SavedModel folder, a .keras, an .h5, an .onnx or a .tflite file"
+    problem = path_problem(path)
+    if problem == "no such file":
+        raise FileNotFoundError(f"Model not found: {path} ({expected})")
+    if problem is not None:
+        raise ValueError(f"model {path}: found {problem}; {expected}.")
     if path.is_dir():
+        if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+            hint = (" This is an output folder of `repair`: pass one of its goodnet_X*/ "
+                    "folders." if (path / "manifest.json").is_file() else "")
+            raise ValueError(f"model {path}: found a folder without saved_model.pb "
+                             f"({_contents(path)}); {expected} (such as goodnet_X2/ "
+                             f"written by `keras-prune-guard repair`).{hint}")
         return ServedModel(path)
     if path.suffix.lower() in (".onnx", ".tflite"):
         from keras_prune_guard.runtimes import load_runtime_model
@@ -80,6 +107,15 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
     from keras_prune_guard.models import load_network
 
     return load_network(path, safe_mode=safe_mode)
+
+
+def _contents(folder: Path) -> str:
+    """`holds a.txt, b/ and 3 more`, or `empty`, for a message."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "empty"
+    more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+    return f"it holds {', '.join(names[:4])}{more}"
 
 
 def predict_classes(

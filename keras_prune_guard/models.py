@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import h5py
 import keras
 from keras import layers
 
+from keras_prune_guard.paths import path_problem
 from keras_prune_guard.surgery import as_functional, copy_weights_by_name
 
 #: Input shape of the CSAW-HackML DeepID network (height, width, channels).
@@ -235,7 +237,7 @@ def _decode(value) -> str:
 def _weight_shapes(path: Path) -> tuple[str, dict[str, list[tuple[int, ...]]]]:
     """Returns the file's layout ("legacy" or "keras3") and {layer name: weight shapes}."""
     if not path.is_file():
-        found = "a folder" if path.exists() else "no such file"
+        found = path_problem(path) or "a folder"
         raise ValueError(f"weights_path {path}: found {found}; expected a weights-only .h5 file.")
     try:
         f = h5py.File(path, "r")
@@ -374,10 +376,26 @@ def _refusal(path: Path, names: list[str]) -> str:
     )
 
 
+def _check_model_path(path: Path) -> None:
+    """Raises unless `path` is an existing file: names loops, folders and SavedModels."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(f"model_path {path}: {problem}; expected a .keras or .h5 model file.")
+    if not path.is_dir():
+        return
+    if any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+        raise ValueError(
+            f"model_path {path}: a SavedModel folder; repair (and load_network) needs the "
+            "network as a .keras or .h5 model file, whose layers can be pruned (a SavedModel "
+            "holds only a traced graph; SavedModels are for `eval`)."
+        )
+    raise ValueError(f"model_path {path}: a folder, not a model file; expected a .keras or .h5 "
+                     "model file.")
+
+
 def _load_full(path: Path, safe_mode: bool) -> keras.Model:
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise ValueError(f"model_path {path}: no such file; expected a .keras or .h5 model file.")
+    _check_model_path(path)
     if suffix == ".keras":
         if not zipfile.is_zipfile(path):
             raise ValueError(
@@ -404,11 +422,109 @@ def _load_full(path: Path, safe_mode: bool) -> keras.Model:
         model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as err:
         if names and safe_mode:
-            raise ValueError(f"{_refusal(path, names)} Keras says: {err}") from err
+            raise ValueError(f"{_refusal(path, names)} Keras says: {_first_words(err)}") from err
+        unknown = unknown_classes(_config_of(path))
+        if unknown:
+            raise ValueError(_unknown_text(path, unknown)) from err
         raise ValueError(
-            f"model_path {path}: Keras could not load the model ({type(err).__name__}: {err})."
+            f"model_path {path}: Keras could not load the model ({type(err).__name__}: "
+            f"{_first_words(err)}); expected a model saved by Keras with model.save()."
         ) from err
     return _flat_functional(model, path)
+
+
+def _first_words(err: Exception, limit: int = 300) -> str:
+    """Keras's own reason in one line: the `Exception encountered:` part, or the first line."""
+    text = str(err)
+    if "Exception encountered: " in text:
+        text = text.rsplit("Exception encountered: ", 1)[1]
+    text = " ".join(text.strip().split("\n", 1)[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _config_of(path: Path):
+    """The model config of a `.keras` (config.json) or `.h5` (model_config); None if unreadable."""
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        with h5py.File(path, "r") as f:
+            return json.loads(_decode(f.attrs["model_config"]))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+
+
+def _known_class(node: dict) -> bool:
+    name, module = node["class_name"], node.get("module")
+    registered = node.get("registered_name")
+    if registered and keras.saving.get_registered_object(registered) is not None:
+        return True
+    if "module" not in node:  # a legacy .h5 config: a Keras layer, or a registered name
+        return (keras.saving.get_registered_object(name) is not None
+                or hasattr(keras.layers, name) or name in ("Functional", "Sequential", "Model"))
+    if isinstance(module, str) and (module == "keras" or module.startswith("keras.")):
+        if module.startswith("keras.src"):
+            return True  # Keras's own internals (Functional, Sequential)
+        try:
+            return hasattr(importlib.import_module(module), name)
+        except ImportError:
+            return False
+    return False
+
+
+def unknown_classes(config) -> list[tuple[str, str | None, str | None]]:
+    """The classes a serialized model config names that Keras cannot find.
+
+    A class is known when it is registered (`@keras.saving.register_keras_serializable`,
+    as keras_prune_guard's `ChannelMask` and `GoodNetModel` are once the package is
+    imported) or lives in a public Keras module.
+
+    Args:
+        config: a parsed `config.json` (`.keras`) or `model_config` (`.h5`); `None` gives `[]`.
+
+    Returns:
+        `(class_name, module, registered_name)` of each unknown class, in config order,
+        without repeats.
+
+    Example:
+
+    >>> unknown_classes(json.loads(zipfile.ZipFile("model.keras").read("config.json")))
+    [('Foo', None, 'mylib>Foo')]
+    """
+    found: list[tuple[str, str | None, str | None]] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            name = node.get("class_name")
+            if isinstance(name, str) and not name.startswith("__") and name != "function" \
+                    and not _known_class(node):
+                entry = (name.rsplit(">", 1)[-1], node.get("module"),
+                         node.get("registered_name") or (name if ">" in name else None))
+                if entry not in found:
+                    found.append(entry)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _unknown_text(path: Path, unknown: list) -> str:
+    name, module, registered = unknown[0]
+    where = f"module {module!r}" if module else "no module"
+    if registered:
+        where += f", registered as {registered!r}"
+    others = f" (and {len(unknown) - 1} more: {[u[0] for u in unknown[1:]]})" if unknown[1:] \
+        else ""
+    return (
+        f"model_path {path}: names a class Keras does not know: {name!r} ({where}){others}; "
+        "expected built-in Keras layers or keras_prune_guard's (for a custom class, import "
+        "the code that registers it with @keras.saving.register_keras_serializable, then "
+        "load the model from Python)."
+    )
 
 
 def _h5_model_config(path: Path):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import keras
 
-from keras_prune_guard.atomic import clean_stale
 from keras_prune_guard.config import (
     FineTuneConfig,
     PruneConfig,
@@ -34,6 +33,7 @@ from keras_prune_guard.export import (
 from keras_prune_guard.finetune import check_data, fine_tune
 from keras_prune_guard.goodnet import GoodNetModel
 from keras_prune_guard.inputs import check_model_on, first_images, is_streamed, labelled_pairs
+from keras_prune_guard.outputs import RunFolder, run_folder
 from keras_prune_guard.prune import prune
 from keras_prune_guard.results import Baseline, FineTuned, RepairResult, Scores, ThresholdResult
 from keras_prune_guard.surgery import channel_layer
@@ -77,8 +77,12 @@ def repair(
     For each threshold X it writes into `out_dir`: `bprime_X{X}.keras` (B' with
     its ChannelMask), `bprime_X{X}.h5` (the mask folded into the weights, plain
     Keras), `goodnet_X{X}/` (one SavedModel) and `goodnet_X{X}.keras`; and the
-    report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. Every file
-    is written to a temporary name and renamed into place.
+    report (Markdown, CSV, JSON, plot, HTML) into `out_dir/report/`. The run owns
+    `out_dir` (`outputs.run_folder`: checked and locked before the sweep, so a
+    second run on it fails at once): every file is written into a staging folder
+    and all are published together at the end, listed in `out_dir/manifest.json`,
+    so the folder always holds one run's complete output; files of the user in it
+    are never deleted.
 
     With `fine_tune=FineTuneConfig(epochs=E)`, E > 0, it also fine-prunes: for each
     X an independent copy of B' is trained E epochs on clean data (the mask frozen,
@@ -138,19 +142,18 @@ def repair(
                          fine_tune_label, num_classes)
     channel_layer(model, config.after)
     data.formats = check_formats(formats)
-    out_dir = Path(out_dir)
-    for leftover in clean_stale(out_dir) if out_dir.is_dir() else []:
-        run.log(f"Removed {leftover}, left by an interrupted run")
-
-    pruned = _prune(model, data, config, run)
-    result = _new_result(model, pruned.sweep, config, fine_tune, data, model_label, run)
-    figure_models = {"B": model}
-    for t, snap in pruned.sweep.snapshots.items():
-        row, models = repair_at(model, pruned.snapshots[t], snap, pruned.sweep.channels,
-                                out_dir, data, fine_tune, run)
-        result.rows.append(row)
-        figure_models.update(models)
-    return write_report(result, out_dir, figure_models, data, trigger_region, run)
+    with run_folder(out_dir, log=run.log) as folder:  # checked and locked before any work
+        pruned = _prune(model, data, config, run)
+        result = _new_result(model, pruned.sweep, config, fine_tune, data, model_label, run)
+        figure_models = {"B": model}
+        for t, snap in pruned.sweep.snapshots.items():
+            row, models = repair_at(model, pruned.snapshots[t], snap, pruned.sweep.channels,
+                                    folder, data, fine_tune, run)
+            result.rows.append(row)
+            figure_models.update(models)
+        write_report(result, folder, figure_models, data, trigger_region, run)
+        folder.commit()  # every file of the run published together
+    return result
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ def _new_result(model, swept, config: PruneConfig, fine_tune: FineTuneConfig, da
     return result
 
 
-def repair_at(model, b_prime, snap, channels: int, out_dir: Path, data: _Data,
+def repair_at(model, b_prime, snap, channels: int, folder: RunFolder, data: _Data,
               fine_tune: FineTuneConfig, run: RunOptions) -> tuple[ThresholdResult, dict]:
     """One threshold X: writes and scores B'_X and G_X (and B''_X, G''_X when fine-tuning).
 
@@ -241,13 +244,13 @@ def repair_at(model, b_prime, snap, channels: int, out_dir: Path, data: _Data,
         fraction_pruned=snap.fraction_pruned, valid_accuracy=snap.valid_accuracy,
         pruned_channels=snap.pruned_channels,
     )
-    row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, out_dir,
+    row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, folder,
                                                             data, run)
     run.log(f"X={t:g}: {snap.num_pruned}/{channels} channels pruned, validation accuracy "
-            f"{snap.valid_accuracy:.2f}%; wrote {out_dir / ('*_' + tag)}*")
+            f"{snap.valid_accuracy:.2f}%; wrote {folder.out_dir / ('*_' + tag)}* (staged)")
     models = {f"B' X={t:g}": b_prime}
     if fine_tune.epochs:
-        row.fine_tuned, models[f"B'' X={t:g}"] = fine_tune_row(model, b_prime, tag, out_dir,
+        row.fine_tuned, models[f"B'' X={t:g}"] = fine_tune_row(model, b_prime, tag, folder,
                                                               data, fine_tune, run)
     return row, models
 
@@ -276,12 +279,13 @@ def score(model, data: _Data, run: RunOptions, flag_class: int | None = None) ->
                     strategy=run.strategy)
 
 
-def _write_and_score(model, repaired, tag: str, out_dir: Path, data: _Data, run: RunOptions):
-    """Writes B' (or B'') and its GoodNet for `tag`; returns files and both scores."""
+def _write_and_score(model, repaired, tag: str, folder: RunFolder, data: _Data,
+                     run: RunOptions):
+    """Stages B' (or B'') and its GoodNet for `tag`; returns their final paths and scores."""
     goodnet = GoodNetModel(model, repaired, name=f"goodnet_{tag}")
     check = None if data.test is None else first_images(data.test, 64)
-    files = write_models(repaired, goodnet, out_dir, tag, data.formats, check)
-    files = {k: str(v) for k, v in files.items()}
+    files = write_models(repaired, goodnet, folder.staging, tag, data.formats, check)
+    files = {k: str(v) for k, v in folder.final(files).items()}
     return files, score(repaired, data, run), score(goodnet, data, run, goodnet.num_classes)
 
 
@@ -302,11 +306,11 @@ def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, ta
     return files
 
 
-def fine_tune_row(model, b_prime, tag: str, out_dir: Path, data: _Data,
+def fine_tune_row(model, b_prime, tag: str, folder: RunFolder, data: _Data,
                   config: FineTuneConfig, run: RunOptions) -> tuple[FineTuned, keras.Model]:
     """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both; returns B'' too."""
     b_second = fine_tune(b_prime, data.fine_tune, config)
-    files, repaired, goodnet = _write_and_score(model, b_second, f"ft_{tag}", out_dir, data,
+    files, repaired, goodnet = _write_and_score(model, b_second, f"ft_{tag}", folder, data,
                                                 run)
     row = FineTuned(
         valid_accuracy=evaluate(b_second, data.valid, strategy=run.strategy).test_accuracy,
@@ -317,17 +321,17 @@ def fine_tune_row(model, b_prime, tag: str, out_dir: Path, data: _Data,
         "the validation data" else ""
     run.log(f"{tag.replace('X', 'X=')}: fine-tuned B' for {config.epochs} epochs on "
             f"{len(data.fine_tune[0])} images: validation accuracy {row.valid_accuracy:.2f}%"
-            f"{tuned_on}; wrote {out_dir / ('*_ft_' + tag)}*")
+            f"{tuned_on}; wrote {folder.out_dir / ('*_ft_' + tag)}* (staged)")
     return row, b_second
 
 
-def write_report(result: RepairResult, out_dir: Path, figure_models: dict, data: _Data,
+def write_report(result: RepairResult, folder: RunFolder, figure_models: dict, data: _Data,
                  trigger_region, run: RunOptions) -> RepairResult:
-    """Draws the saliency figure (with test and poisoned images) and writes every report file."""
+    """Draws the saliency figure (with test and poisoned images) and stages every report file."""
     from keras_prune_guard.report import markdown_table
     from keras_prune_guard.report import write_report as write_files
 
-    report_dir = Path(out_dir) / "report"
+    report_dir = folder.staging / "report"
     figures = {}
     if data.test is not None and data.poisoned is not None:
         from keras_prune_guard.saliency import comparison_figure
@@ -338,9 +342,9 @@ def write_report(result: RepairResult, out_dir: Path, figure_models: dict, data:
                                 report_dir / "saliency.png", trigger_region=trigger_region)
         figures["Saliency (vanilla gradient) of B and each B'"] = fig["path"]
         result.saliency_trigger_share = fig.get("shares") or None
-    write_files(result, report_dir, figures=figures)
+    write_files(result, report_dir, figures=figures, listed_as=folder.final(report_dir))
     run.log(markdown_table(result))
-    run.log(f"Report written to {report_dir}/ "
+    run.log(f"Report written to {folder.final(report_dir)}/ "
             f"({', '.join(sorted(Path(p).name for p in result.report_files.values()))})")
     return result
 

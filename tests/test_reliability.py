@@ -335,10 +335,21 @@ def _kill_when(proc: subprocess.Popen, out: Path, ready, timeout=300.0) -> str:
 
 
 def _writing(pid: int, name: str, inside: str):
-    """Kill point: `.tmp-<pid>-<name>*` exists and its payload has begun (`inside` exists)."""
+    """Kill point: `.tmp-<pid>-<name>*` exists and its payload has begun (`inside` exists).
+
+    Runs write into their staging folder `.tmp-<pid>-run-*` (keras_prune_guard.outputs), so
+    the write is looked for there; the staging folder is the entry returned.
+    """
     def ready(out: Path):
         for entry in os.listdir(out):
-            if entry.startswith(f".tmp-{pid}-{name}") and (out / entry / inside).exists():
+            if not entry.startswith(f".tmp-{pid}-run-"):
+                continue
+            try:
+                names = os.listdir(out / entry)
+            except OSError:  # committed or removed meanwhile
+                continue
+            if any(n.startswith(f".tmp-{pid}-{name}") and (out / entry / n / inside).exists()
+                   for n in names):
                 return entry
         return None
     return ready

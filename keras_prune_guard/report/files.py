@@ -52,6 +52,7 @@ def write_report(
     out_dir: str | os.PathLike,
     *,
     figures: Mapping[str, str | os.PathLike] | None = None,
+    listed_as: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Writes report.md, report.csv, report.json, pruning_curve.png and report.html.
 
@@ -64,6 +65,9 @@ def write_report(
         out_dir: the folder to write into (created when missing).
         figures: extra figures for the HTML page, caption -> image file,
             e.g. `{"Saliency": "saliency.png"}`. Defaults to none.
+        listed_as: the folder the files will be published in, when `out_dir` is a
+            staging folder (`result.report_files` names the published paths).
+            Defaults to `None` (`out_dir` itself).
 
     Returns:
         The written paths by kind: keys "md", "csv", "json", "png", "html".
@@ -85,7 +89,8 @@ def write_report(
         )
     out_dir = Path(out_dir)
     paths = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
-    result.report_files = {kind: str(path) for kind, path in paths.items()}
+    listed = Path(listed_as) if listed_as is not None else out_dir
+    result.report_files = {kind: str(listed / name) for kind, name in REPORT_FILES.items()}
     # Build every text first so that a bad result fails before any file is replaced.
     texts = {"md": markdown_report(result), "csv": csv_text(result), "json": result_json(result)}
     with atomic_path(paths["png"]) as tmp:
