@@ -10,7 +10,14 @@ from pathlib import Path
 
 from keras_prune_guard.cli import config_from_args
 from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
-from keras_prune_guard.data import DataError, lab_h5_dataset, load_images, load_inputs, load_lab_h5
+from keras_prune_guard.data import (
+    DataError,
+    iter_lab_h5,
+    lab_h5_dataset,
+    load_images,
+    load_inputs,
+    load_lab_h5,
+)
 from keras_prune_guard.evaluate import (
     evaluate,
     load_model_for_eval,
@@ -31,10 +38,17 @@ def _read_for(model, path: str | None):
 
 
 def _stream_for(model, path: str | None):
+    """The file as a `tf.data` stream, after one check of all of it (no model, no TensorFlow).
+
+    A bad image deep in the file then fails here, in one line, before the sweep, not
+    inside the pipeline after it.
+    """
     if path is None:
         return None
-    return lab_h5_dataset(path, image_shape=image_shape_of(model),
-                          num_classes=num_classes_of(model))
+    shape, classes = image_shape_of(model), num_classes_of(model)
+    for _ in iter_lab_h5(path, image_shape=shape, num_classes=classes):
+        pass
+    return lab_h5_dataset(path, image_shape=shape, num_classes=classes)
 
 
 def _strategy(name: str):

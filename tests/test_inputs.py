@@ -115,3 +115,29 @@ def test_arrays_and_streams_are_told_apart():
     assert not is_streamed((x, y)) and not is_streamed([x, y]) and not is_streamed(x)
     assert is_streamed(tf.data.Dataset.from_tensor_slices((x, y)).batch(1))
     assert is_streamed(iter([(x, y)])) and not is_streamed(None)
+
+
+def test_channels_first_images_are_named_before_the_sweep(lab3_model, real_clean):
+    x, y = real_clean
+    with pytest.raises(ValueError, match=r"valid: images of shape \(3, 55, 47\).*They look "
+                       r"channels-first \(N, C, H, W\): transpose them to \(N, H, W, C\)"):
+        prune(lab3_model, (x.transpose(0, 3, 1, 2), y))
+
+
+def test_a_bad_streamed_test_image_fails_in_one_line_before_the_sweep(csaw_dir, real_clean,
+                                                                     tmp_path, capsys):
+    x, y = real_clean
+    bad = tmp_path / "bad_test.h5"
+    with h5py.File(bad, "w") as f:  # image 110, in the file's last batch, holds a NaN
+        data = x.transpose(0, 3, 1, 2).astype("float32")
+        data[110, 0, 5, 5] = np.nan
+        f["data"], f["label"] = data, y
+    out = tmp_path / "out"
+    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"), "--stream",
+                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--test", str(bad),
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and "Ranking" not in captured.out and not out.exists()
+    assert captured.err.strip().splitlines() == [
+        f"{PREFIX}{bad}: field `data`: found nan in image 110; expected finite pixel values "
+        "(no NaN/inf)."]
