@@ -291,6 +291,18 @@ def sweep(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
     find_channel_mask(model)  # a clear error when the model has no mask
+    # --- issue 13 hook: a model that cannot be split at its mask (a subclassed model whose
+    # own call() applies the ChannelMask) is swept whole, one full pass per step.
+    from keras_prune_guard.surgery import can_split_at_mask
+
+    if not can_split_at_mask(model):
+        from keras_prune_guard.sweep_whole import sweep_whole
+
+        return sweep_whole(model, valid, thresholds=thresholds, order=order, relative=relative,
+                           keep=keep, poisoned=poisoned, full_curve=full_curve,
+                           record_predictions=record_predictions, batch_size=batch_size,
+                           progress=progress, strategy=strategy)
+    # --- end of the issue 13 hook
     head, tail = split_at_mask(model)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
