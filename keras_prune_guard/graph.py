@@ -79,18 +79,23 @@ class Graph:
     """The calls of a traced model in topological order, and its flat functional form.
 
     Attributes:
-        model: a functional model with every nested model inlined; it shares
-            its layers (and weights) with the traced model.
+        name: the traced model's name.
         calls: every layer call, in the order the replay made them; a nested
             model's call comes after the calls inside it.
+        inputs: the replay's input tensors (structured as the model's input).
         outputs: the flat model's output tensors.
+        inlined: False when nested models were kept as single calls (their
+            layer names repeat, so Keras cannot inline them).
     """
 
-    model: keras.Model
+    name: str
     calls: list[LayerCall]
+    inputs: object
     outputs: list
     _producer: dict = field(default_factory=dict, repr=False)
     _consumers: dict = field(default_factory=dict, repr=False)
+    inlined: bool = True
+    _model: keras.Model | None = field(default=None, repr=False)
 
     def __post_init__(self):
         for call in self.calls:
@@ -100,6 +105,14 @@ class Graph:
                 self._producer[id(tensor)] = call
             for tensor in call.inputs:
                 self._consumers.setdefault(id(tensor), []).append(call)
+
+    @property
+    def model(self) -> keras.Model:
+        """A functional model of the traced calls (nested models inlined), sharing the layers."""
+        if self._model is None:
+            outputs = self.outputs[0] if len(self.outputs) == 1 else self.outputs
+            self._model = keras.Model(self.inputs, outputs, name=self.name)
+        return self._model
 
     def producer(self, tensor) -> LayerCall | None:
         """The (leaf) call that produced `tensor`; `None` for a model input."""
@@ -190,17 +203,22 @@ def as_functional(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name)
 
 
-def trace(model: keras.Model) -> Graph:
+def trace(model: keras.Model, inline: bool | None = None) -> Graph:
     """Replays `model` (nested models inlined) and records every layer call.
 
     Args:
         model: a functional or Sequential model (built).
+        inline: enter nested functional/Sequential models. `None` (the default)
+            enters them unless two of them hold layers of the same name (Keras
+            then cannot build the inlined graph), in which case they are kept
+            as single calls; `True` raises then.
 
     Returns:
         The `Graph`; `graph.model` is the flat functional model sharing `model`'s layers.
 
     Raises:
         TypeError: `model` is a subclassed model (it has no layer graph).
+        ValueError: `inline=True` and layer names repeat across nested models.
 
     Example:
 
@@ -216,13 +234,28 @@ def trace(model: keras.Model) -> Graph:
             f"type {type(model).__name__}, whose layers are wired in Python by its call()."
         )
     model = as_functional(model)
+    try:
+        return _trace(model, inline=inline is not False)
+    except ValueError as err:
+        if "should be unique" not in str(err) or inline is False:
+            raise
+        if inline:
+            raise ValueError(
+                f"Model '{model.name}' cannot be flattened into one graph: some layers appear "
+                f"under the same name in more than one nested model ({err}). Rename them "
+                "(each layer name must be unique once the nested models are inlined)."
+            ) from None
+        return _trace(model, inline=False)
+
+
+def _trace(model: keras.Model, inline: bool) -> Graph:
     calls: list[LayerCall] = []
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), model.input
     )
-    outputs = _replay(model, inputs, calls, prefix="")
-    flat = keras.Model(inputs, outputs, name=model.name)
-    return Graph(model=flat, calls=calls, outputs=keras.tree.flatten(outputs))
+    outputs = _replay(model, inputs, calls, prefix="", inline=inline)
+    return Graph(name=model.name, calls=calls, inputs=inputs,
+                 outputs=keras.tree.flatten(outputs), inlined=inline)
 
 
 def flatten_nested(model: keras.Model) -> keras.Model:
@@ -242,16 +275,7 @@ def flatten_nested(model: keras.Model) -> keras.Model:
     model = as_functional(model)
     if not has_nested_models(model):
         return model
-    flat = trace(model).model
-    names = [layer.name for layer in flat.layers]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(
-            f"Model '{model.name}' cannot be flattened into one graph: layers {twice} appear "
-            "under the same name in more than one nested model. Rename them (each layer "
-            "name must be unique once the nested models are inlined)."
-        )
-    return flat
+    return trace(model, inline=True).model
 
 
 def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -272,7 +296,7 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def _replay(model: keras.Model, inputs, calls: list[LayerCall], prefix: str,
-            root=None, actual=None):
+            root=None, actual=None, inline: bool = True):
     """Calls `model`'s layers on `inputs`, recording each call; returns the outputs.
 
     A nested model is replayed on the tensor `actual` it was called on: Keras
@@ -287,7 +311,7 @@ def _replay(model: keras.Model, inputs, calls: list[LayerCall], prefix: str,
     def call(layer, *args, **kwargs):
         args, kwargs = keras.tree.map_structure(swap, (args, kwargs))
         tensors = [t for t in keras.tree.flatten((args, kwargs)) if _is_tensor(t)]
-        if is_graph_model(layer):
+        if inline and is_graph_model(layer):
             inner = as_functional(layer)
             if len(keras.tree.flatten(inner.input)) != 1 or len(tensors) != 1:
                 raise ValueError(
@@ -297,7 +321,7 @@ def _replay(model: keras.Model, inputs, calls: list[LayerCall], prefix: str,
             top = root if root is not None else keras.tree.flatten(inputs)[0]
             structure = keras.tree.pack_sequence_as(inner.input, [top])
             out = _replay(inner, structure, calls, prefix + layer.name + PATH_SEP,
-                          root=top, actual=tensors[0])
+                          root=top, actual=tensors[0], inline=True)
             calls.append(LayerCall(layer, prefix + layer.name, tensors,
                                    keras.tree.flatten(out), nested=True))
             return out

@@ -141,10 +141,12 @@ def _resolve(model: keras.Model, name: str | None) -> tuple[str, keras.layers.La
     paths = sorted({call.path for call in calls})
     if not calls:
         usable = [c.path for c in graph.calls if not c.nested and _maskable(c)]
+        opaque = "" if graph.inlined else (
+            " Its nested models cannot be looked into: layer names repeat across them.")
         raise ValueError(
             f"after={name!r}: model '{model.name}' has no layer named '{name}' (CLI: --after; "
-            f"layers inside nested models are named '<model>/<layer>'). Layers a channel mask "
-            f"can follow: {usable}"
+            f"layers inside nested models are named '<model>/<layer>').{opaque} Layers a "
+            f"channel mask can follow: {usable}"
         )
     if len(paths) > 1:
         raise ValueError(
