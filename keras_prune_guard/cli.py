@@ -9,6 +9,7 @@ import sys
 EPILOG = """examples:
   keras-prune-guard demo
   keras-prune-guard demo --fine-tune-epochs 5
+  keras-prune-guard demo --architecture resnet
   keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
       --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
   keras-prune-guard repair --weights data/bd_weights.h5 --valid big_valid.h5 --stream \\
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="epochs of BadNet training (default: 12)")
     demo.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
                       help="accuracy drops X in percentage points (default: 2 4 10)")
+    # Issue 13: a second kind of BadNet (names restated from benchmark.architectures).
+    demo.add_argument("--architecture", default="deepid", choices=["deepid", "resnet"],
+                      help="network the benchmark backdoors: deepid (the lab's network) or "
+                      "resnet (a small ResNet: BatchNorm, residual adds, a global average "
+                      "pool feeding the classifier); each is trained and cached apart "
+                      "(default: deepid)")
     _add_fine_tune_args(demo, data=False)
 
     rep = sub.add_parser(
@@ -145,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(data (N,3,H,W), label)")
     rep.add_argument("--thresholds", nargs="+", type=_thresholds, default=[2, 4, 10],
                      help="accuracy drops X in percentage points (default: 2 4 10)")
-    rep.add_argument("--after", default=None, help="layer whose output channels are pruned "
-                     "(default: the last pooling layer, pool_3 on DeepID)")
+    rep.add_argument("--after", default=None, help="layer whose output channels are pruned; "
+                     "MODEL/LAYER for a layer inside a nested model, e.g. "
+                     "resnet50/conv5_block3_out (default: the pooling layer feeding the "
+                     "classifier head: pool_3 on DeepID, avg_pool on ResNet50)")
     rep.add_argument("--order", default="ascending", choices=["ascending", "descending"],
                      help="pruning order by mean activation: ascending = least active first, "
                      "as the Fine-Pruning paper and the public lab solutions do (default); "

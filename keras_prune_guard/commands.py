@@ -143,7 +143,8 @@ def demo(args: argparse.Namespace) -> int:
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
     kwargs = {key: value for key, value in sizes.items() if value is not None}
-    bench = ensure_benchmark(args.cache_dir, log=print, **kwargs)
+    architecture = getattr(args, "architecture", "deepid")
+    bench = ensure_benchmark(args.cache_dir, log=print, architecture=architecture, **kwargs)
     model = load_network(bench.model)
     info = json.loads(Path(bench.info).read_text())
     valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
@@ -155,7 +156,8 @@ def demo(args: argparse.Namespace) -> int:
         test=test,
         poisoned=bd_test,
         trigger_region=tuple(info["trigger"]["bbox"]),
-        model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
+        model_label=f"built-in benchmark BadNet ({_kind(architecture)}{num_classes_of(model)} "
+                    "identities)",
         fine_tune_epochs=args.fine_tune_epochs,
         fine_tune_lr=_learning_rate(args),
     )
@@ -176,6 +178,11 @@ def demo(args: argparse.Namespace) -> int:
     print(f"Demo finished in {time.perf_counter() - start:.0f} s. Models in {args.out}/, "
           f"report in {args.out}/report/ (report.md, report.html, pruning_curve.png).")
     return 0
+
+
+def _kind(architecture: str) -> str:
+    """How the demo's report names a non-default BadNet architecture ("" for DeepID)."""
+    return "" if architecture == "deepid" else f"{architecture}, "
 
 
 def saliency(args: argparse.Namespace) -> int:

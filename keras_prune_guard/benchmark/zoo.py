@@ -225,7 +225,7 @@ def _last_dense_and_features(model: keras.Model, images: np.ndarray):
     while not isinstance(call.layer, keras.layers.Dense):
         call = graph.parents(call)[0]
     head = keras.Model(graph.model.inputs, call.inputs[0])
-    return call.layer, np.asarray(head.predict(images, verbose=0))
+    return call.layer, keras.ops.convert_to_numpy(head(images, training=False))
 
 
 def zoo_data(model: keras.Model, count: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
