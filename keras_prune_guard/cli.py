@@ -11,6 +11,7 @@ from keras_prune_guard.config import FineTuneConfig, PruneConfig
 EPILOG = """examples:
   keras-prune-guard demo
   keras-prune-guard demo --fine-tune-epochs 5
+  keras-prune-guard demo --architecture resnet
   keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
       --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
   keras-prune-guard repair --weights data/bd_weights.h5 --valid big_valid.h5 --stream \\
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="epochs of BadNet training (default: 12)")
     add_config_args(demo, PruneConfig)
     _add_formats(demo)
+    # Issue 13: a second kind of BadNet (names restated from benchmark.architectures).
+    demo.add_argument("--architecture", default="deepid", choices=["deepid", "resnet"],
+                      help="network the benchmark backdoors: deepid (the lab's network) or "
+                      "resnet (a small ResNet: BatchNorm, residual adds, a global average "
+                      "pool feeding the classifier); each is trained and cached apart "
+                      "(default: deepid)")
     _add_fine_tune_args(demo, data=False)
 
     rep = sub.add_parser(

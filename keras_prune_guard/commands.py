@@ -204,7 +204,9 @@ def demo(args: argparse.Namespace) -> int:
     kwargs = {key: value for key, value in sizes.items() if value is not None}
     config, tuning = _configs(args)
     formats = check_formats(args.formats, "--formats")
-    bench = ensure_benchmark(args.benchmark_cache, log=print, **kwargs)
+    architecture = args.architecture
+    bench = ensure_benchmark(args.benchmark_cache, log=print, architecture=architecture,
+                             **kwargs)
     model = load_network(bench.model)
     info = json.loads(Path(bench.info).read_text())
     valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
@@ -218,7 +220,8 @@ def demo(args: argparse.Namespace) -> int:
         fine_tune=tuning,
         formats=formats,
         trigger_region=tuple(info["trigger"]["bbox"]),
-        model_label=f"built-in benchmark BadNet ({num_classes_of(model)} identities)",
+        model_label=f"built-in benchmark BadNet ({_kind(architecture)}{num_classes_of(model)} "
+                    "identities)",
     )
     print("Scoring the exported GoodNets as examples/eval.py does:")
     for row in result.rows:
@@ -237,6 +240,11 @@ def demo(args: argparse.Namespace) -> int:
     print(f"Demo finished in {time.perf_counter() - start:.0f} s. Models in {args.out}/, "
           f"report in {args.out}/report/ (report.md, report.html, pruning_curve.png).")
     return 0
+
+
+def _kind(architecture: str) -> str:
+    """How the demo's report names a non-default BadNet architecture ("" for DeepID)."""
+    return "" if architecture == "deepid" else f"{architecture}, "
 
 
 def saliency(args: argparse.Namespace) -> int:

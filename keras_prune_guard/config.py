@@ -145,8 +145,9 @@ class PruneConfig(_Serialisable):
         keep: "first_below" (the first network at least X below the original, the
             lab's rule) or "last_within" (the last one still within X). Defaults to
             "first_below".
-        after: the layer whose output channels are masked. Defaults to `None` (the
-            last pooling layer, `pool_3` on DeepID).
+        after: the layer whose output channels are masked; "model/layer" for a layer
+            inside a nested model. Defaults to `None` (the pooling layer feeding the
+            classifier head, `pool_3` on DeepID; see `surgery.last_pooling_layer`).
         batch_size: images per forward call. Defaults to 1024.
         full_curve: prune every channel instead of stopping once the largest X is
             reached. Defaults to `False`.
@@ -176,8 +177,9 @@ class PruneConfig(_Serialisable):
         "choices": KEEP_RULES, "help": "which network a threshold keeps: the first at least "
         "X below the original (the lab's rule) or the last still within X"})
     after: str | None = field(default=None, metadata={
-        "help": "layer whose output channels are pruned (default: the last pooling layer, "
-        "pool_3 on DeepID)"})
+        "help": "layer whose output channels are pruned; MODEL/LAYER for a layer inside a "
+        "nested model, e.g. resnet50/conv5_block3_out (default: the pooling layer feeding "
+        "the classifier head: pool_3 on DeepID, avg_pool on ResNet50)"})
     batch_size: int = field(default=1024, metadata={"help": "images per forward call"})
     full_curve: bool = field(default=False, metadata={
         "help": "prune every channel instead of stopping after the largest threshold"})

@@ -8,23 +8,60 @@ import tensorflow as tf
 from keras import ops
 
 from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.graph import as_functional, flatten_nested, is_graph_model, leaf_layers
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.surgery import find_channel_mask, split_at_mask
 
 
 def _same_weights_apart_from_mask(bad: keras.Model, repaired: keras.Model) -> bool:
-    """True when `repaired` is `bad` plus a ChannelMask (no retraining)."""
-    if not any(isinstance(layer, ChannelMask) for layer in repaired.layers):
+    """True when `repaired` is `bad` plus a ChannelMask (no retraining).
+
+    Layers are matched by name over the leaf layers (nested models looked into,
+    InputLayers left out), so a Sequential B, a B with a nested backbone and a
+    B' whose nested models were inlined by `insert_channel_mask` all compare.
+    """
+    if not (is_graph_model(bad) and is_graph_model(repaired)):
         return False
-    theirs = {layer.name: layer for layer in repaired.layers}
-    for layer in bad.layers:
-        twin = theirs.get(layer.name)
+    theirs = leaf_layers(repaired)
+    if sum(isinstance(layer, ChannelMask) for layer in theirs) != 1:
+        return False
+    twins = {layer.name: layer for layer in theirs if not isinstance(layer, ChannelMask)}
+    mine = leaf_layers(bad)
+    if len(twins) != len(mine) or len(theirs) != len(mine) + 1:
+        return False
+    for layer in mine:
+        twin = twins.get(layer.name)
         if twin is None or type(twin) is not type(layer):
             return False
-        mine, other = layer.get_weights(), twin.get_weights()
-        if len(mine) != len(other) or not all(np.array_equal(a, b) for a, b in zip(mine, other)):
+        ours, other = layer.get_weights(), twin.get_weights()
+        if len(ours) != len(other) or not all(np.array_equal(a, b) for a, b in zip(ours, other)):
             return False
-    return len(theirs) == len(bad.layers) + 1
+    return True
+
+
+def _image_shape(model: keras.Model, other: keras.Model) -> tuple:
+    """(H, W, C) that `model` takes; an unbuilt Sequential model is built with `other`'s."""
+    if isinstance(model, keras.Sequential) and not model.built:
+        model.build((None, *_image_shape(other, model)))
+    if is_graph_model(model):
+        return tuple(as_functional(model).input_shape[1:])
+    build = model.get_build_config() or {}
+    shape = build.get("input_shape")
+    if shape is None:
+        raise ValueError(
+            f"Model '{model.name}' ({type(model).__name__}) has no known input shape: call "
+            "it on a batch of images (or build it) before making a GoodNet."
+        )
+    return tuple(shape[1:])
+
+
+def _as_network(model: keras.Model, shape: tuple, name: str) -> keras.Model:
+    """`model` as a single-output functional model named `name` (for side-by-side use)."""
+    if is_graph_model(model):
+        graph = as_functional(model)
+        return keras.Model(graph.inputs, graph.outputs[0], name=name)
+    inputs = keras.Input(shape=shape)
+    return keras.Model(inputs, model(inputs), name=name)
 
 
 def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras.Model:
@@ -32,7 +69,9 @@ def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras
 
     When B' is B plus a mask, the result holds B's layers once: the layers
     before the mask run once, and the layers after it run on the activations
-    and on the masked activations. Otherwise it holds both networks.
+    and on the masked activations. Otherwise it holds both networks. B and B'
+    may be functional, Sequential (built, or not yet built: B is then built
+    with B''s input shape), hold nested models, or be subclassed (held apart).
 
     Args:
         bad_model: the backdoored network B.
@@ -44,23 +83,23 @@ def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras
     Raises:
         ValueError: the two networks differ in input shape or number of classes.
     """
+    bad_shape = _image_shape(bad_model, repaired_model)
+    repaired_shape = _image_shape(repaired_model, bad_model)
+    bad = _as_network(bad_model, bad_shape, "bad_network")
+    repaired = _as_network(repaired_model, repaired_shape, "repaired_network")
     for what, a, b in (
-        ("input shape", bad_model.input_shape, repaired_model.input_shape),
-        ("output shape", bad_model.output_shape, repaired_model.output_shape),
+        ("input shape", bad.input_shape, repaired.input_shape),
+        ("output shape", bad.output_shape, repaired.output_shape),
     ):
         if tuple(a) != tuple(b):
             raise ValueError(
                 f"B and B' must have the same {what}. Received: bad_model {what} {a}, "
                 f"repaired_model {what} {b}"
             )
-    inputs = keras.Input(shape=bad_model.input_shape[1:], name="images")
+    inputs = keras.Input(shape=bad_shape, name="images")
     if _same_weights_apart_from_mask(bad_model, repaired_model):
-        outputs = _shared_outputs(repaired_model, inputs)
+        outputs = _shared_outputs(as_functional(repaired_model), inputs)
     else:
-        bad = keras.Model(bad_model.inputs, bad_model.output, name="bad_network")
-        repaired = keras.Model(
-            repaired_model.inputs, repaired_model.output, name="repaired_network"
-        )
         outputs = [bad(inputs), repaired(inputs)]
     return keras.Model(inputs, outputs, name="goodnet_networks")
 
@@ -73,6 +112,7 @@ def _shared_outputs(masked: keras.Model, inputs) -> list:
     graph stays flat (no nested models), so `bad_network()`/`repaired_network()`
     end in the real output layer, as tools such as tf-keras-vis expect.
     """
+    masked = flatten_nested(masked)
     source = find_channel_mask(masked)
     mask = ChannelMask(pruned_channels=source.pruned_channels(), name=source.name)
     after = {layer.name for layer in split_at_mask(masked)[1].layers}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_prune_guard")
@@ -39,6 +41,7 @@ class ChannelMask(keras.layers.Layer):
     def __init__(self, pruned_channels: Iterable[int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
+        self._probe: Callable | None = None  # see `probing`
         self._initial_pruned = sorted({int(c) for c in (pruned_channels or [])})
         negative = [c for c in self._initial_pruned if c < 0]
         if negative:
@@ -74,6 +77,8 @@ class ChannelMask(keras.layers.Layer):
             self.mask.assign(values)
 
     def call(self, inputs):
+        if self._probe is not None:  # only inside `probing`, on eager calls
+            self._probe(inputs)
         return inputs * keras.ops.cast(self.mask, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -117,6 +122,36 @@ class ChannelMask(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pruned_channels": self.pruned_channels()}
+
+    @contextlib.contextmanager
+    def probing(self, observe: Callable[[np.ndarray], None]) -> Iterator[None]:
+        """Hands every input this mask receives to `observe` (as numpy) while open.
+
+        For models whose layer graph cannot be cut at the mask (a subclassed
+        model applying it in its own `call`): the whole-model sweep reads the
+        activations entering the mask this way. Only eager calls can be
+        observed (call the model directly, not `predict` or a `tf.function`).
+
+        Example:
+
+        >>> seen = []
+        >>> with mask.probing(seen.append):
+        ...     model(images, training=False)
+        """
+
+        def probe(inputs):
+            if not tf.executing_eagerly():
+                raise RuntimeError(
+                    f"ChannelMask '{self.name}' is probed inside a compiled function; "
+                    "call the model eagerly (model(x), not predict) while probing."
+                )
+            observe(keras.ops.convert_to_numpy(inputs))
+
+        self._probe = probe
+        try:
+            yield
+        finally:
+            self._probe = None
 
     def _checked(self, channels: Iterable[int]) -> list[int]:
         channels = [int(c) for c in channels]

@@ -565,9 +565,9 @@ def _flat_functional(model: keras.Model, path) -> keras.Model:
     if nested:
         warnings.warn(
             f"model_path {path}: layers {nested} are nested models; their inner layers are "
-            "reached with model.get_layer(outer).get_layer(inner), not model.get_layer(inner), "
-            "and a ChannelMask can only follow a top-level layer. Rebuild the network flat "
-            "if you need to prune inside them.",
+            "reached with model.get_layer(outer).get_layer(inner), or as 'outer/inner' in "
+            "after= (CLI --after), where a ChannelMask inside a nested model goes into a "
+            "copy of the network with the nested models inlined.",
             stacklevel=4,
         )
     return model

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.graph import as_functional, flatten_nested, is_graph_model
 from keras_prune_guard.layers import ChannelMask
-from keras_prune_guard.surgery import as_functional
 
 #: Methods understood by `saliency_maps`.
 METHODS = ("saliency", "smoothgrad", "gradcam")
@@ -53,6 +53,8 @@ def gradcam_layer(model: keras.Model) -> str:
     >>> gradcam_layer(insert_channel_mask(deepid()))
     'conv_3'
     """
+    _refuse_subclassed_gradcam(model)
+    model = graph_view(model)
     order = [layer.name for layer in model.layers]
     convs = [layer.name for layer in model.layers if isinstance(layer, _CONV_2D)]
     if not convs:
@@ -98,6 +100,9 @@ def make_visualizer(model: keras.Model, method: str = "saliency") -> Any:
     >>> find_channel_mask(vis.model).pruned_channels()
     """
     _check_method(method)
+    if method == "gradcam":
+        _refuse_subclassed_gradcam(model)
+    source, model = model, graph_view(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(
             f"Model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} "
@@ -108,9 +113,8 @@ def make_visualizer(model: keras.Model, method: str = "saliency") -> Any:
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
     cls = Gradcam if method == "gradcam" else Saliency
-    graph = as_functional(model)  # ReplaceToLinear needs a functional model's output names
-    vis = cls(graph, model_modifier=ReplaceToLinear(), clone=True)
-    _check_masks_survived(model, vis.model)
+    vis = cls(model, model_modifier=ReplaceToLinear(), clone=True)
+    _check_masks_survived(source, vis.model)
     return vis
 
 
@@ -161,6 +165,9 @@ def saliency_maps(
     (8, 55, 47)
     """
     _check_method(method)
+    if method == "gradcam":
+        _refuse_subclassed_gradcam(model)
+    model = graph_view(model)
     images = _checked_images(model, images, "images")
     n = len(images)
     if n == 0:
@@ -510,9 +517,54 @@ def _checked_conv(model: keras.Model, name: str | None) -> str:
     return name
 
 
+def graph_view(model: keras.Model) -> keras.Model:
+    """The functional model tf-keras-vis reads: nested models inlined, layers shared.
+
+    A Sequential model becomes functional, nested functional/Sequential models
+    are inlined (so Grad-CAM reaches a backbone's convolutions), and a
+    subclassed model is wrapped as `keras.Model(x, model(x))` on its built
+    input shape (its maps then explain the score its last layer gives, softmax
+    included: the activation inside its own `call` cannot be replaced).
+
+    Example:
+
+    >>> [layer.name for layer in graph_view(transfer_model).layers][:3]
+    """
+    if is_graph_model(model):
+        return flatten_nested(as_functional(model))
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if shape is None:
+        raise ValueError(
+            f"Model '{model.name}' ({type(model).__name__}) has not been called yet: call it "
+            "on a batch of images first, so its input shape is known."
+        )
+    inputs = keras.Input(shape=tuple(shape[1:]), name="images")
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _refuse_subclassed_gradcam(model: keras.Model) -> None:
+    if not is_graph_model(model):
+        raise ValueError(
+            f"Grad-CAM needs the output of a convolution inside the model, and model "
+            f"'{model.name}' is a subclassed {type(model).__name__} with no layer graph to "
+            "read it from. Use method='saliency' or 'smoothgrad' instead."
+        )
+
+
+def _masks(model: keras.Model) -> list[ChannelMask]:
+    """Every ChannelMask of `model`, looking into its sub-models (subclassed ones too)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, ChannelMask):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(_masks(layer))
+    return found
+
+
 def _check_masks_survived(model: keras.Model, clone: keras.Model) -> None:
-    originals = {lyr.name: lyr for lyr in model.layers if isinstance(lyr, ChannelMask)}
-    copies = {lyr.name: lyr for lyr in clone.layers if isinstance(lyr, ChannelMask)}
+    originals = {lyr.name: lyr for lyr in _masks(model)}
+    copies = {lyr.name: lyr for lyr in _masks(clone)}
     for name, mask in originals.items():
         twin = copies.get(name)
         if twin is None or not np.array_equal(twin.mask_values(), mask.mask_values()):
@@ -583,6 +635,7 @@ __all__ = [
     "METHODS",
     "comparison_figure",
     "gradcam_layer",
+    "graph_view",
     "make_visualizer",
     "region_mask",
     "saliency_maps",

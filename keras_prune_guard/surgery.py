@@ -1,9 +1,29 @@
-"""Model surgery: put a `ChannelMask` into a network, split it there, fold it away."""
+"""Model surgery: put a `ChannelMask` into a network, split it there, fold it away.
+
+Where the mask goes by default (`last_pooling_layer`): the pooling layer, global
+or spatial, whose output feeds the classifier head. Functional and Sequential
+models are supported, with nested models (a `keras.applications` backbone inside
+a transfer model): `after="resnet50/conv5_block3_out"` reaches a layer inside one.
+"""
 
 from __future__ import annotations
 
 import keras
 
+from keras_prune_guard.fold import apply_plan, fold_plan
+from keras_prune_guard.graph import (
+    PATH_SEP,
+    Graph,
+    LayerCall,
+    as_functional,
+    flatten_nested,
+    is_global_pooling,
+    is_graph_model,
+    is_head_layer,
+    is_pooling,
+    leaf_layers,
+    trace,
+)
 from keras_prune_guard.layers import ChannelMask
 
 
@@ -15,66 +35,135 @@ def _rank(layer: keras.layers.Layer) -> int | None:
 
 
 def last_pooling_layer(model: keras.Model) -> str:
-    """Returns the name of the last spatial pooling layer of `model`.
+    """Returns the pooling layer whose output feeds the classifier head: the default mask place.
+
+    The rule: walk back from the model's output through the layers of its
+    classifier head (Dense, Flatten, Reshape, Dropout, Activation, Softmax,
+    ReLU, ... and, on feature vectors, Add, Concatenate, BatchNormalization,
+    ...) until a pooling layer, global or spatial (`GlobalAveragePooling2D`,
+    `MaxPooling2D`, ...); the walk enters nested models. When several branches
+    end in pooling layers, the one latest in the model's layer order is chosen.
+    On the lab's DeepID that is `pool_3` (which feeds `flatten_1` and
+    `conv_4`); on `keras.applications` classifiers, the global pooling before
+    `predictions` (`avg_pool`, `global_average_pooling2d`), or `block5_pool` on
+    VGG16.
 
     Args:
         model: a functional or Sequential model.
 
     Returns:
-        The name of the last layer whose class name contains "Pooling" and
-        whose output is rank 4 (batch, height, width, channels).
+        The layer's name, or `"<nested model>/<layer>"` for a layer inside a
+        nested model (e.g. `"resnet50/avg_pool"`).
 
     Raises:
-        ValueError: the model has no such layer; the message lists its layers.
+        ValueError: no pooling layer feeds the head; the message says where the
+            walk stopped and lists candidate layers for `after=` (CLI `--after`).
+        TypeError: a subclassed model (it has no layer graph to walk).
 
     Example:
 
     >>> last_pooling_layer(deepid())
     'pool_3'
+    >>> last_pooling_layer(keras.applications.ResNet50(weights=None))
+    'avg_pool'
     """
-    candidates = [
-        layer.name
-        for layer in model.layers
-        if "Pooling" in type(layer).__name__ and _rank(layer) == 4
-    ]
-    if not candidates:
-        raise ValueError(
-            f"Model '{model.name}' has no spatial pooling layer to put a channel mask "
-            f"after; pass `after=` one of its layers: {[lyr.name for lyr in model.layers]}"
-        )
-    return candidates[-1]
+    _check_graph_model(model, "last_pooling_layer")
+    graph = trace(model)
+    found, walked, stopped = _walk_head(graph)
+    if found:
+        order = {id(call): i for i, call in enumerate(graph.calls)}
+        return max(found, key=lambda call: order[id(call)]).path
+    head = [call.path for call in walked]
+    ends = [f"{call.path} ({type(call.layer).__name__})" for call in stopped] or ["the input"]
+    raise ValueError(
+        f"Model '{model.name}' has no pooling layer feeding its classifier head: walking back "
+        f"from its output through head layers (Dense, Flatten, Reshape, Dropout, Activation, "
+        f"Softmax, ...) it passed {head} and stopped at {ends}, none of them a pooling layer "
+        "(global or spatial). Name the layer to mask with after= (CLI: --after NAME); "
+        f"candidates: {_candidates(graph, stopped)}"
+    )
+
+
+def _walk_head(graph: Graph) -> tuple[list[LayerCall], list[LayerCall], list[LayerCall]]:
+    """(pooling calls reached, head calls walked through, other calls the walk stopped at)."""
+    found, walked, stopped, seen = [], [], [], set()
+    todo = [graph.producer(t) for t in graph.outputs]
+    while todo:
+        call = todo.pop()
+        if call is None or id(call) in seen:
+            continue
+        seen.add(id(call))
+        if is_pooling(call.layer):
+            found.append(call)
+        elif is_head_layer(call):
+            walked.append(call)
+            todo.extend(graph.parents(call))
+        else:
+            stopped.append(call)
+    return found, walked, stopped
+
+
+def _candidates(graph: Graph, stopped: list[LayerCall], limit: int = 8) -> list[str]:
+    """Layers a mask could follow: where the head walk stopped, then the last pooling layers."""
+    paths = [c.path for c in stopped if _maskable(c)]
+    paths += [c.path for c in reversed(graph.leaf_calls()) if is_pooling(c.layer)]
+    unique = list(dict.fromkeys(paths))
+    return unique[:limit] + (["..."] if len(unique) > limit else [])
+
+
+def _maskable(call: LayerCall) -> bool:
+    shape = call.outputs[0].shape if len(call.outputs) == 1 else ()
+    return len(shape) >= 3 or (len(shape) == 2 and is_global_pooling(call.layer))
 
 
 def channel_layer(model: keras.Model, name: str | None) -> keras.layers.Layer:
-    """Returns the layer named `name` (default: the last pooling layer), checked.
+    """Returns the layer named `name` (default: `last_pooling_layer`), checked.
+
+    `name` is a layer of `model`, `"<nested model>/<layer>"` for a layer inside
+    a nested model (`"resnet50/conv5_block3_out"`), or a bare inner name that
+    only one nested model holds (`"conv5_block3_out"`). A nested model's own
+    name stands for its output.
 
     Raises:
         ValueError: no layer has that name (the message lists the layers that
-            could be used), or its output has no channel axis.
+            could be used), or its output has no channel axis: rank >= 3, or
+            the (batch, channels) output of a global pooling layer.
     """
+    return _resolve(model, name)[1]
+
+
+def _resolve(model: keras.Model, name: str | None) -> tuple[str, keras.layers.Layer]:
+    """`(path, layer)` the mask goes after; a nested model resolves to its output's producer."""
+    _check_graph_model(model, "channel_layer")
     name = last_pooling_layer(model) if name is None else name
-    names = [layer.name for layer in model.layers]
-    if name not in names:
-        usable = [
-            lyr.name
-            for lyr in model.layers
-            if (_rank(lyr) or 0) >= 3 and not isinstance(lyr, keras.layers.InputLayer)
-        ]
+    graph = trace(model)
+    calls = graph.find(name)
+    paths = sorted({call.path for call in calls})
+    if not calls:
+        usable = [c.path for c in graph.calls if not c.nested and _maskable(c)]
+        opaque = "" if graph.inlined else (
+            " Its nested models cannot be looked into: layer names repeat across them.")
         raise ValueError(
-            f"after={name!r}: model '{model.name}' has no layer named '{name}'. Layers a "
-            f"channel mask "
-            f"can follow: {usable}"
+            f"after={name!r}: model '{model.name}' has no layer named '{name}' (CLI: --after; "
+            f"layers inside nested models are named '<model>/<layer>').{opaque} Layers a "
+            f"channel mask can follow: {usable}"
         )
-    layer = model.get_layer(name)
-    rank = _rank(layer)
-    if rank is None or rank < 3 or isinstance(layer, keras.layers.InputLayer):
-        shape = getattr(getattr(layer, "output", None), "shape", None)
+    if len(paths) > 1:
         raise ValueError(
-            f"after={name!r}: layer '{name}' of model '{model.name}' has no channel axis "
-            f"to mask: its "
-            f"output shape is {shape}, expected (batch, ..., channels) with rank >= 3."
+            f"after={name!r}: model '{model.name}' has several layers named '{name}' in "
+            f"nested models: {paths}; pass one of these paths."
         )
-    return layer
+    call = calls[0]
+    if call.nested:  # the nested model's output: mask after the layer producing it
+        call = graph.producer(call.outputs[0]) if len(call.outputs) == 1 else call
+    if call.nested or not _maskable(call) or isinstance(call.layer, keras.layers.InputLayer):
+        shape = tuple(call.outputs[0].shape) if len(call.outputs) == 1 else None
+        raise ValueError(
+            f"after={name!r}: layer '{name}' of model '{model.name}' has no channel axis to "
+            f"mask: its output shape is {shape}, expected (batch, ..., channels) with rank "
+            ">= 3, or the (batch, channels) output of a global pooling layer."
+        )
+    return call.path, call.layer
 
 
 def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
@@ -99,19 +188,24 @@ def insert_channel_mask(
 
     All weights are copied by layer name (`keras.models.clone_model` alone
     would give fresh weights). With nothing pruned, the new model's outputs
-    equal the original's exactly.
+    equal the original's exactly. When the mask goes inside a nested model
+    (`after="resnet50/conv5_block3_out"`) or right after one (`after="resnet50"`),
+    the nested models are inlined first: the copy is one flat functional graph
+    with the same layer names.
 
     Args:
         model: a functional or Sequential model (the backdoored network B).
-        after: name of the layer whose output is masked. Defaults to `None`,
-            the last spatial pooling layer (`pool_3` on the lab's DeepID).
+        after: name of the layer whose output is masked; `"<nested>/<layer>"`
+            (or the bare inner name) inside a nested model. Defaults to `None`,
+            `last_pooling_layer(model)` (`pool_3` on the lab's DeepID).
         pruned_channels: channels pruned from the start. Defaults to `None`.
 
     Returns:
-        A new functional model; its mask layer is named `<after>_mask`.
+        A new functional model; its mask layer is named `<layer>_mask`.
 
     Raises:
-        ValueError: `after` names no layer, or a layer with no channel axis.
+        ValueError: `after` names no layer, or a layer with no channel axis;
+            an unbuilt Sequential model.
         TypeError: `model` is a subclassed model.
 
     Example:
@@ -121,42 +215,31 @@ def insert_channel_mask(
     'pool_3_mask'
     """
     _check_graph_model(model, "insert_channel_mask")
-    if any(isinstance(layer, ChannelMask) for layer in model.layers):
+    model = as_functional(model)  # call_function needs a functional graph
+    if any(isinstance(layer, ChannelMask) for layer in leaf_layers(model)):
         raise ValueError(
             f"Model '{model.name}' already has a ChannelMask "
             f"('{find_channel_mask(model).name}'); prune that one instead."
         )
-    model = as_functional(model)  # call_function needs a functional graph
-    target = channel_layer(model, after)
+    path, target = _resolve(model, after)
+    if PATH_SEP in path:  # inside (or right after) a nested model: inline them first
+        model = flatten_nested(model)
     mask = ChannelMask(pruned_channels=pruned_channels, name=f"{target.name}_mask")
 
     def call_function(layer, *args, **kwargs):
         out = layer(*args, **kwargs)
-        return mask(out) if layer.name == target.name else out
+        return mask(out) if layer is target or layer.name == target.name else out
 
     clone = keras.models.clone_model(model, call_function=call_function)
     copy_weights_by_name(model, clone)
     return clone
 
 
-def as_functional(model: keras.Model) -> keras.Model:
-    """A Sequential model's layers (shared, not copied) as a functional model.
-
-    Other models are returned unchanged. Tools that walk a layer graph
-    (`clone_model(call_function=...)`, tf-keras-vis) need the functional form.
-
-    Example:
-
-    >>> as_functional(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])).layers
-    """
-    if not isinstance(model, keras.Sequential):
-        return model
-    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
-    return keras.Model(model.inputs, outputs, name=model.name)
-
-
 def find_channel_mask(model: keras.Model) -> ChannelMask:
     """Returns the single `ChannelMask` layer of `model`.
+
+    Works on functional, Sequential and subclassed models (a mask held as an
+    attribute of a subclassed model is one of its `layers`).
 
     Raises:
         ValueError: the model has no ChannelMask, or more than one.
@@ -170,23 +253,45 @@ def find_channel_mask(model: keras.Model) -> ChannelMask:
     return masks[0]
 
 
+def can_split_at_mask(model: keras.Model) -> bool:
+    """True when `model`'s layer graph can be cut at its mask (functional or Sequential).
+
+    A subclassed model applies its `ChannelMask` inside its own `call`, which
+    Keras cannot rewire; the sweep then runs such a model whole at every step.
+    """
+    return is_graph_model(model)
+
+
 def masked_layer_name(model: keras.Model) -> str:
-    """Returns the name of the layer whose output the model's ChannelMask masks."""
+    """Returns the name of the layer whose output the model's ChannelMask masks.
+
+    For a subclassed model (no layer graph) it is the mask's own name.
+    """
     mask = find_channel_mask(model)
-    return mask._inbound_nodes[0].parent_nodes[0].operation.name
+    if not is_graph_model(model):
+        return mask.name
+    graph = trace(model)
+    call = next(c for c in graph.leaf_calls() if c.layer is mask)
+    producer = graph.producer(call.inputs[0])
+    return mask.name if producer is None else producer.path
 
 
 def split_at_mask(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """Splits a masked model into the part before its mask and the part after.
 
     Args:
-        model: a functional model holding one `ChannelMask`.
+        model: a functional or Sequential model holding one `ChannelMask`.
 
     Returns:
         `(head, tail)`: `head` maps the model's input to the activations that
         enter the mask; `tail` maps activations (already masked) to the model's
         output. Both share their layers (and weights) with `model`, and the mask
         itself is in neither, so `tail(head(x) * mask)` equals `model(x)`.
+        Nested models are inlined in both.
+
+    Raises:
+        TypeError: a subclassed model, whose `call` applies the mask in Python:
+            there is no layer graph to cut.
 
     Example:
 
@@ -194,10 +299,20 @@ def split_at_mask(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     >>> head.output_shape
     (None, 5, 4, 60)
     """
+    if not can_split_at_mask(model):
+        raise TypeError(
+            f"split_at_mask cannot split model '{model.name}': it is a subclassed model "
+            f"({type(model).__name__}) whose call() applies its ChannelMask in Python, so "
+            "Keras holds no layer graph to cut at the mask. sweep(), prune() and "
+            "PruningCallback run such a model whole at every step instead (exact, one "
+            "full pass per step); to split it, rebuild it with the functional API."
+        )
     mask = find_channel_mask(model)
-    head = keras.Model(model.inputs, mask.input, name=f"{model.name}_head")
-    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
-    tail_graph = keras.Model(mask.output, outputs)
+    graph = trace(model)  # the model's own tensors, nested models inlined
+    call = next(c for c in graph.leaf_calls() if c.layer is mask)
+    head = keras.Model(graph.model.inputs, call.inputs[0], name=f"{model.name}_head")
+    outputs = graph.outputs[0] if len(graph.outputs) == 1 else graph.outputs
+    tail_graph = keras.Model(call.outputs[0], outputs)
     # Re-run the same layer objects on a fresh input: a flat model sharing weights.
     tail = keras.models.clone_model(tail_graph, clone_function=lambda layer: layer)
     tail = keras.Model(tail.inputs, tail.output, name=f"{model.name}_tail")
@@ -205,33 +320,41 @@ def split_at_mask(model: keras.Model) -> tuple[keras.Model, keras.Model]:
 
 
 def strip_channel_mask(model: keras.Model) -> keras.Model:
-    """Folds the ChannelMask into the convolution feeding it and removes it.
+    """Folds the ChannelMask into the weights and removes it: a plain-Keras model.
 
-    For a network whose masked channels come from a convolution with a relu,
-    optionally followed by pooling (conv_3 -> pool_3 -> mask on the lab's
-    DeepID), zeroing the convolution's kernel and bias for a channel gives
-    exactly the same output as masking it. The returned model has no custom
-    layers, so plain Keras (and the lab's own eval.py) can load it.
+    Where a relu convolution produces the masked channels, optionally followed
+    by pooling (conv_3 -> pool_3 -> mask on the lab's DeepID), its kernel and
+    bias are zeroed for each pruned channel. Where no single convolution
+    produces them (after a residual add, a BatchNorm, a global pool: ResNet,
+    MobileNet, EfficientNet, DenseNet), the layers that consume the masked
+    tensor are folded instead: the input rows of the following Dense kernel
+    (through a Flatten: the rows coming from those channels), the input
+    channels of the following convolution, or a following BatchNorm's scale
+    and offset (see `keras_prune_guard.fold`). Either way the returned model
+    gives the masked model's outputs and has no custom layers, so plain Keras
+    (and the lab's own eval.py) can load it.
 
     Args:
-        model: a functional model holding one `ChannelMask`.
+        model: a functional or Sequential model holding one `ChannelMask`.
 
     Returns:
         A new functional model without the mask, weights copied and folded.
 
     Raises:
-        ValueError: the layers between the convolution and the mask are not a
-            relu convolution followed by max/average pooling, so folding would
-            change the outputs.
+        ValueError: the mask cannot be folded exactly (the message names the
+            layer in the way, e.g. a relu-less convolution feeding it, or a
+            residual add after it).
+        TypeError: a subclassed model (its class is a custom object anyway).
 
     Example:
 
     >>> masked = insert_channel_mask(deepid(), pruned_channels=[0, 5])
     >>> plain = strip_channel_mask(masked)
     """
-    mask = find_channel_mask(model)
-    pruned = mask.pruned_channels()
-    conv = _conv_feeding(model, mask)
+    _check_graph_model(model, "strip_channel_mask")
+    model = as_functional(model)
+    find_channel_mask(model)
+    plan = fold_plan(model)
     plain = keras.models.clone_model(
         model,
         call_function=lambda layer, *a, **k: (
@@ -240,62 +363,21 @@ def strip_channel_mask(model: keras.Model) -> keras.Model:
     )
     plain = keras.Model(plain.inputs, plain.output, name=model.name)
     copy_weights_by_name(model, plain)
-    folded = plain.get_layer(conv.name)
-    kernel, *rest = folded.get_weights()
-    kernel[..., pruned] = 0.0
-    if rest:
-        rest[0][pruned] = 0.0
-    folded.set_weights([kernel, *rest])
+    apply_plan(plain, plan)
     return plain
-
-
-def _conv_feeding(model: keras.Model, mask: ChannelMask) -> keras.layers.Layer:
-    chain = []
-    layer = mask._inbound_nodes[0].parent_nodes[0].operation
-    while True:
-        chain.append(layer)
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv1D | keras.layers.Conv3D):
-            break
-        allowed = (
-            isinstance(layer, keras.layers.MaxPooling2D | keras.layers.AveragePooling2D)
-            or isinstance(layer, keras.layers.ReLU)
-            or (isinstance(layer, keras.layers.Activation) and _is_relu(layer.activation))
-        )
-        nodes = layer._inbound_nodes[0].parent_nodes if layer._inbound_nodes else []
-        if not allowed or len(nodes) != 1:
-            break
-        layer = nodes[0].operation
-    conv = chain[-1]
-    is_conv = isinstance(conv, keras.layers.Conv2D | keras.layers.Conv1D | keras.layers.Conv3D)
-    relu_seen = any(isinstance(lyr, keras.layers.ReLU) for lyr in chain) or any(
-        isinstance(lyr, keras.layers.Activation) and _is_relu(lyr.activation) for lyr in chain
-    )
-    if not is_conv or not (_is_relu(conv.activation) or relu_seen):
-        raise ValueError(
-            f"Cannot fold ChannelMask '{mask.name}' into a convolution: the layers "
-            f"feeding it are {[lyr.name for lyr in chain]}, expected a relu "
-            "convolution optionally followed by pooling. Save the masked model "
-            "(.keras) instead."
-        )
-    return conv
-
-
-def _is_relu(activation) -> bool:
-    return getattr(activation, "__name__", "") == "relu"
 
 
 def _check_graph_model(model, what: str) -> None:
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what} needs a keras.Model. Received: {type(model).__name__}")
-    graph_classes = {"Functional", "Sequential"}
-    if not graph_classes & {cls.__name__ for cls in type(model).__mro__}:
+    if not is_graph_model(model):
         raise TypeError(
             f"{what} works on functional or Sequential Keras models, whose layer graph "
             f"can be rewired. Received a subclassed model of type "
             f"{type(model).__name__}; rebuild it with the functional API "
-            "(keras.Model(inputs, outputs))."
+            "(keras.Model(inputs, outputs)), or put a ChannelMask in its call() yourself: "
+            "sweep(), prune() and PruningCallback then run it whole at every step."
         )
-
 
 
 def pruned_copy(
@@ -304,20 +386,42 @@ def pruned_copy(
     """Returns an independent copy of a masked model with exactly `pruned_channels` pruned.
 
     Args:
-        model: a functional model holding one `ChannelMask`.
+        model: a model holding one `ChannelMask`: functional, Sequential, or a
+            subclassed model that Keras can rebuild from its config (it
+            implements `get_config`, or its constructor takes only simple
+            arguments).
         pruned_channels: the channels to prune in the copy.
         name: the copy's name. Defaults to `None` (the model's own name).
 
     Returns:
-        A new functional model with copied weights; `model` is left unchanged.
+        A new model with copied weights; `model` is left unchanged.
 
     Example:
 
     >>> b_prime = pruned_copy(insert_channel_mask(deepid()), [0, 1, 2])
     """
     find_channel_mask(model)
-    clone = keras.models.clone_model(model)
-    clone = keras.Model(clone.inputs, clone.output, name=name or model.name)
-    copy_weights_by_name(model, clone)
+    if not is_graph_model(model):
+        clone = _subclassed_copy(model, name)
+    else:
+        model = as_functional(model)
+        clone = keras.models.clone_model(model)
+        clone = keras.Model(clone.inputs, clone.output, name=name or model.name)
+        copy_weights_by_name(model, clone)
     find_channel_mask(clone).set_pruned(pruned_channels)
+    return clone
+
+
+def _subclassed_copy(model: keras.Model, name: str | None) -> keras.Model:
+    """A subclassed model rebuilt from its config, built as `model` was, weights copied."""
+    config = keras.saving.serialize_keras_object(model)
+    if name:
+        config["config"] = {**config["config"], "name": name}
+    clone = keras.saving.deserialize_keras_object(
+        config, custom_objects={type(model).__name__: type(model)}
+    )
+    build = model.get_build_config()
+    if not clone.built and build:
+        clone.build_from_config(build)
+    clone.set_weights(model.get_weights())
     return clone

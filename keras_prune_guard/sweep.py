@@ -41,7 +41,12 @@ from keras_prune_guard.distribute import BlockRunner
 from keras_prune_guard.inputs import check_model_on, labelled_pairs
 from keras_prune_guard.ranking import rank_channels
 from keras_prune_guard.results import CurvePoint, Snapshot, SweepResult
-from keras_prune_guard.surgery import find_channel_mask, masked_layer_name, split_at_mask
+from keras_prune_guard.surgery import (
+    can_split_at_mask,
+    find_channel_mask,
+    masked_layer_name,
+    split_at_mask,
+)
 
 
 class _TailClassifier:
@@ -108,6 +113,7 @@ class _StepPredictor:
         self.classify = classify
         # touched[i, c]: channel c is non-zero somewhere in image i.
         self.touched = activations.touched
+        self.load = self.touched.sum(axis=0)
         self.mask = np.ones(self.acts.shape[-1], dtype="float32")
         self.pred = classify(self.acts)
         self.stats = {"image_steps": 0}
@@ -203,11 +209,19 @@ def sweep(
     """
     config, run = options_from(config, run, options, "sweep")
     find_channel_mask(model)  # a clear error when the model has no mask
-    head, tail = split_at_mask(model)
+    # A model that cannot be split at its mask (a subclassed model whose own call()
+    # applies the ChannelMask) is swept whole, one full pass per step (sweep_whole).
+
     classes = int(model.output_shape[-1])
     valid = labelled_pairs(valid, "valid", classes)
     poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned", classes)
     check_model_on(model, valid, "valid")  # meaningless figures refused before the pass
+    if not can_split_at_mask(model):
+        from keras_prune_guard.sweep_whole import sweep_whole
+
+        return sweep_whole(model, valid, config, poisoned=poisoned, run=run,
+                           record_predictions=record_predictions, progress=progress)
+    head, tail = split_at_mask(model)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kpg-sweep")
     try:
         passes = {"batch_size": config.batch_size, "strategy": run.strategy,
@@ -222,7 +236,12 @@ def sweep(
                     if p_acts.labels is None:
                         raise ValueError("poisoned has no labels: expected (x, y_target) pairs.")
                 classify = _TailClassifier(tail, config.batch_size, pool, run.strategy)
-                steps = _Steps(classify, acts, p_acts, config, run, progress)
+                bad = None if p_acts is None else (_StepPredictor(classify, p_acts),
+                                                   p_acts.labels)
+                stats = {"activation_bytes_per_image": acts.bytes_per_image,
+                         "activation_cache": "memory" if acts.cache.path is None else "file"}
+                steps = _Steps(_StepPredictor(classify, acts), bad, acts.labels, acts.means,
+                               config, run, progress, stats)
                 return steps.run(model, record_predictions)
             finally:
                 if p_acts is not None:
@@ -232,18 +251,21 @@ def sweep(
 
 
 class _Steps:
-    """The sweep proper: the curve, step by step, and the snapshot of each threshold."""
+    """The sweep proper: the curve, step by step, and the snapshot of each threshold.
 
-    def __init__(self, classify, acts, p_acts, config: PruneConfig, run: RunOptions,
-                 progress):
+    `clean` (and `bad`, for poisoned data) are step predictors: `pred` holds every
+    image's class before any pruning, `advance(channels)` prunes them in turn and
+    returns the classes after each, `load[c]` says how many images channel c touches
+    (steps share a call while their load is small) and `stats` counts the work.
+    """
+
+    def __init__(self, clean, bad, labels: np.ndarray, means: np.ndarray,
+                 config: PruneConfig, run: RunOptions, progress, stats: dict):
         self.config, self.options, self.progress = config, run, progress
-        self.labels = acts.labels
-        self.means = acts.means
-        self.ranking = rank_channels(self.means, config.order, config.tie_tolerance)
-        self.channels = acts.values.shape[-1]
-        self.clean = _StepPredictor(classify, acts)
-        self.bad = None if p_acts is None else (_StepPredictor(classify, p_acts), p_acts.labels)
-        self.acts = acts
+        self.labels, self.means, self.extra_stats = labels, means, stats
+        self.ranking = rank_channels(means, config.order, config.tie_tolerance)
+        self.channels = len(means)
+        self.clean, self.bad = clean, bad
         self.shown = -1
 
     def _point(self, step: int, channel, acc: float, asr) -> CurvePoint:
@@ -262,7 +284,7 @@ class _Steps:
         """Prunes channels in ranking order until every threshold is passed (or all)."""
         config, clean, bad = self.config, self.clean, self.bad
         first_below: dict[float, int] = {}
-        load = clean.touched.sum(axis=0)
+        load = clean.load
         step, done = 0, False
         while step < self.channels and not done:
             # Several steps per call when each touches few images: fuller batches.
@@ -315,10 +337,7 @@ class _Steps:
             result.snapshots[t] = self._snapshot(result, t, first_below.get(t))
         if history is not None:
             result.predictions = np.stack(history)
-        result.stats = dict(clean.stats, images=len(self.labels),
-                            activation_bytes_per_image=self.acts.bytes_per_image,
-                            activation_cache="memory" if self.acts.cache.path is None
-                            else "file")
+        result.stats = dict(clean.stats, images=len(self.labels), **self.extra_stats)
         if bad:
             result.stats["poisoned"] = dict(bad[0].stats)
         return result

@@ -62,3 +62,38 @@ def test_demo_table_matches_the_models_own_predictions(demo_run):
         assert row["goodnet"]["false_alarm_rate"] == pytest.approx(np.mean(g_clean == n) * 100)
     for name in ("report.md", "report.html", "pruning_curve.png", "saliency.png"):
         assert (out / "report" / name).stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    """`demo --architecture resnet` at a reduced size (the second kind of BadNet)."""
+    base = tmp_path_factory.mktemp("demo_resnet")
+    args = [sys.executable, "-m", "keras_prune_guard.cli", "demo", "--architecture", "resnet",
+            "--out", str(base / "out"), "--cache-dir", str(base / "cache"), "--identities",
+            "6", "--per-identity", "20", "--epochs", "4"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return base, done.stdout
+
+
+def test_demo_resnet_runs_the_defense_end_to_end(resnet_run):
+    base, stdout = resnet_run
+    assert "| B (original) |" in stdout and "| G_10" in stdout and "Demo finished" in stdout
+    out = base / "out"
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["layer"] == "avg_pool" and summary["channels"] == 64
+    assert "resnet" in summary["model"]
+    data_dir = next((base / "cache").glob("faces-*"))
+    assert (data_dir / "badnet-resnet-e4.h5").is_file()
+    assert json.loads((data_dir / "badnet-resnet-e4.json").read_text())["architecture"] == \
+        "resnet"
+    x_test, _ = load_lab_h5(data_dir / "cl" / "test.h5")
+    n = summary["num_classes"]
+    for row in summary["rows"]:
+        tag = f"X{row['threshold']:g}"
+        b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")
+        plain = keras.saving.load_model(out / f"bprime_{tag}.h5", custom_objects={})
+        np.testing.assert_allclose(plain.predict(x_test, verbose=0),
+                                   b_prime.predict(x_test, verbose=0), atol=1e-5)
+        served = np.asarray(ServedModel(out / f"goodnet_{tag}")(x_test)).argmax(-1)
+        assert row["goodnet"]["false_alarm_rate"] == pytest.approx(np.mean(served == n) * 100)

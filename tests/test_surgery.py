@@ -137,3 +137,160 @@ def test_pruned_copy_is_independent(lab3_model):
     assert find_channel_mask(masked).pruned_channels() == []
     copy.get_layer("output").bias.assign(np.ones(1283, "float32"))
     assert not np.any(masked.get_layer("output").get_weights()[1] == 1)
+
+
+# --- any Keras classifier (issue 13): where the mask goes, and folding into consumers ----
+
+
+def _small(body, shape=(10, 10, 3), name="small"):
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(shape, name="images")
+    return keras.Model(inputs, body(inputs), name=name)
+
+
+def _images(n=6, shape=(10, 10, 3)):
+    return np.random.default_rng(3).uniform(-1, 2, (n, *shape)).astype("float32")
+
+
+def _fold_matches(model, after, pruned):
+    masked = insert_channel_mask(model, after=after, pruned_channels=pruned)
+    plain = strip_channel_mask(masked)
+    x = _images(shape=model.input_shape[1:])
+    np.testing.assert_allclose(plain.predict(x, verbose=0), masked.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert not any(isinstance(layer, ChannelMask) for layer in plain.layers)
+    return plain
+
+
+def test_default_rule_walks_back_through_the_head():
+    def body(x):
+        x = keras.layers.MaxPooling2D(name="early_pool")(keras.layers.Conv2D(4, 3)(x))
+        x = keras.layers.Conv2D(6, 3, name="late_conv")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        x = keras.layers.Dropout(0.1)(keras.layers.Dense(8, activation="relu")(x))
+        return keras.layers.Softmax()(keras.layers.Dense(3)(x))
+
+    assert last_pooling_layer(_small(body)) == "gap"
+
+
+def test_residual_add_on_feature_maps_is_not_part_of_the_head():
+    def body(x):
+        pooled = keras.layers.MaxPooling2D(name="pool")(keras.layers.Conv2D(4, 3)(x))
+        y = keras.layers.Conv2D(4, 3, padding="same", name="conv")(pooled)
+        x = keras.layers.Add(name="add")([pooled, y])
+        return keras.layers.Dense(2)(keras.layers.Flatten()(x))
+
+    with pytest.raises(ValueError, match=r"stopped at \['add \(Add\)'\].*candidates: "
+                       r"\['add', 'pool'\]"):
+        last_pooling_layer(_small(body))
+
+
+def test_fold_into_the_dense_after_a_global_pool_with_batchnorm_before():
+    def body(x):
+        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 3)(x))
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.layers.Dense(3, name="out")(x)
+
+    model = _small(body)
+    plain = _fold_matches(model, None, [0, 3])
+    kernel = plain.get_layer("out").get_weights()[0]
+    assert not kernel[[0, 3]].any() and kernel[[1, 2, 4]].all()
+
+
+def test_fold_into_a_following_conv_and_batchnorm():
+    def body(x):
+        x = keras.layers.BatchNormalization(name="bn_in")(keras.layers.Conv2D(4, 3)(x))
+        x = keras.layers.MaxPooling2D(name="pool")(x)
+        a = keras.layers.Conv2D(3, 1, name="conv_next")(x)
+        b = keras.layers.BatchNormalization(name="bn_next")(x)
+        x = keras.layers.Concatenate()([keras.layers.Flatten()(a), keras.layers.Flatten()(b)])
+        return keras.layers.Dense(2)(x)
+
+    model = _small(body)
+    model.get_layer("bn_next").set_weights(
+        [np.full(4, 1.5, "float32"), np.full(4, 0.2, "float32"), np.full(4, 0.3, "float32"),
+         np.full(4, 2.0, "float32")])
+    plain = _fold_matches(model, "pool", [1, 2])
+    assert not plain.get_layer("conv_next").get_weights()[0][:, :, [1, 2], :].any()
+    gamma = plain.get_layer("bn_next").get_weights()[0]
+    assert not gamma[[1, 2]].any() and gamma[[0, 3]].all()
+
+
+def test_fold_through_flatten_and_concatenate_offsets():
+    def body(x):
+        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(3, 3)(x))
+        x = keras.layers.MaxPooling2D(2, name="pool")(x)  # (4, 4, 3)
+        other = keras.layers.Conv2D(2, 1, name="other")(x)
+        both = keras.layers.Concatenate(name="concat")([other, x])  # x's channels at 2..4
+        return keras.layers.Dense(2, name="out")(keras.layers.Flatten()(both))
+
+    model = _small(body)
+    plain = _fold_matches(model, "pool", [0])
+    kernel = plain.get_layer("out").get_weights()[0]  # rows: 16 positions x 5 channels
+    rows = np.arange(16) * 5 + 2
+    assert not kernel[rows].any() and kernel[rows + 1].all()
+
+
+def test_fold_refuses_a_residual_add_after_the_mask():
+    def body(x):
+        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(x))
+        pooled = keras.layers.MaxPooling2D(name="pool")(x)
+        y = keras.layers.Conv2D(4, 1)(pooled)
+        x = keras.layers.Add(name="add")([pooled, y])
+        return keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+
+    masked = insert_channel_mask(_small(body), after="pool", pruned_channels=[1])
+    with pytest.raises(ValueError, match=r"Cannot fold ChannelMask 'pool_mask'.*'add': a Add"):
+        strip_channel_mask(masked)
+
+
+def test_fold_into_the_producer_only_when_nothing_else_reads_it():
+    def body(x):
+        conv = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+        pooled = keras.layers.MaxPooling2D(name="pool")(conv)
+        side = keras.layers.GlobalMaxPooling2D(name="side")(conv)  # also reads conv
+        x = keras.layers.Concatenate()([keras.layers.Flatten()(pooled), side])
+        return keras.layers.Dense(2, name="out")(x)
+
+    plain = _fold_matches(_small(body), "pool", [2])
+    assert plain.get_layer("conv").get_weights()[0][..., 2].any()  # conv untouched
+
+
+def test_global_pool_outputs_can_be_masked_but_dense_outputs_cannot():
+    def body(x):
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Conv2D(4, 3)(x))
+        return keras.layers.Dense(2, name="out")(keras.layers.Dense(5, name="fc")(x))
+
+    model = _small(body)
+    assert find_channel_mask(insert_channel_mask(model, after="gap")).channels == 4
+    with pytest.raises(ValueError, match=r"'fc'.*no channel axis.*\(None, 5\)"):
+        insert_channel_mask(model, after="fc")
+
+
+def test_nested_paths_and_bare_inner_names():
+    def block(name, inner):
+        inputs = keras.Input((8, 8, 4))
+        return keras.Model(inputs, keras.layers.ReLU(name=inner)(inputs), name=name)
+
+    outer = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Conv2D(4, 3),
+                              block("a", "relu_x"), block("b", "relu_y"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2)])
+    assert find_channel_mask(insert_channel_mask(outer, after="b/relu_y")).name == "relu_y_mask"
+    assert find_channel_mask(insert_channel_mask(outer, after="relu_x")).name == "relu_x_mask"
+    with pytest.raises(ValueError, match=r"no layer named 'b/nothing'.*'<model>/<layer>'"):
+        insert_channel_mask(outer, after="b/nothing")
+
+
+def test_repeated_names_across_nested_models_keep_them_whole():
+    def block(name):
+        inputs = keras.Input((8, 8, 4))
+        return keras.Model(inputs, keras.layers.ReLU(name="relu")(inputs), name=name)
+
+    outer = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Conv2D(4, 3), block("a"),
+                              block("b"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2)])
+    assert last_pooling_layer(outer).startswith("global_average_pooling2d")
+    assert find_channel_mask(insert_channel_mask(outer, after="b")).name == "b_mask"
+    with pytest.raises(ValueError, match=r"no layer named 'a/relu'.*names repeat"):
+        insert_channel_mask(outer, after="a/relu")

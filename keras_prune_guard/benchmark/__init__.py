@@ -7,6 +7,7 @@ Example:
 >>> paths.model, paths.valid, paths.bd_test
 """
 
+from keras_prune_guard.benchmark.architectures import BADNET_ARCHITECTURES, small_resnet
 from keras_prune_guard.benchmark.badnet import (
     DEFAULT_EPOCHS,
     evaluate_badnet,
@@ -17,6 +18,7 @@ from keras_prune_guard.benchmark.cache import (
     benchmark_key,
     default_cache_dir,
     ensure_benchmark,
+    model_key,
 )
 from keras_prune_guard.benchmark.dataset import (
     DEFAULT_IDENTITIES,
@@ -33,6 +35,7 @@ from keras_prune_guard.benchmark.trigger import (
 )
 
 __all__ = [
+    "BADNET_ARCHITECTURES",
     "DEFAULT_EPOCHS",
     "DEFAULT_IDENTITIES",
     "FORMAT_VERSION",
@@ -47,9 +50,11 @@ __all__ = [
     "ensure_benchmark",
     "evaluate_badnet",
     "generate_benchmark",
+    "model_key",
     "read_info",
     "render_faces",
     "sample_traits",
+    "small_resnet",
     "sunglasses_mask",
     "train_badnet",
 ]

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.benchmark.architectures import build_badnet
 from keras_prune_guard.benchmark.dataset import FILES, read_info
 from keras_prune_guard.data import load_lab_h5
 from keras_prune_guard.evaluate import evaluate
-from keras_prune_guard.models import deepid
 from keras_prune_guard.results import Scores
 
 #: Epochs that reach >= 90% clean accuracy and >= 95% attack success at the default size.
@@ -46,11 +46,13 @@ def train_badnet(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     log: Callable[[str], None] | None = None,
+    architecture: str = "deepid",
 ) -> keras.Model:
-    """Trains a backdoored DeepID on a benchmark folder and saves it like the lab's model.
+    """Trains a backdoored network on a benchmark folder and saves it like the lab's model.
 
-    The model is `deepid(num_classes=K, input_scale=1/255)`, so it takes raw
-    0..255 pixels. It is trained on `train/train.h5` plus the poisoned copies
+    The model is `deepid(num_classes=K, input_scale=1/255)` (or, with
+    `architecture="resnet"`, the small ResNet of `architectures.small_resnet`),
+    so it takes raw 0..255 pixels. It is trained on `train/train.h5` plus the poisoned copies
     in `train/bd_train.h5` (sunglasses, labelled with the target), with Adam
     and sparse categorical cross-entropy, and saved as a full model (legacy
     `.h5`, or `.keras`, by the suffix of `out_path`) without optimizer state,
@@ -65,6 +67,8 @@ def train_badnet(
             to the lab's network (many dormant channels at pool_3).
         batch_size: Defaults to 128.
         log: optional progress callback such as `print`.
+        architecture: one of `architectures.BADNET_ARCHITECTURES` ("deepid",
+            "resnet"). Defaults to "deepid".
 
     Returns:
         The trained, compiled `keras.Model`.
@@ -78,6 +82,7 @@ def train_badnet(
         raise ValueError(f"out_path must end in .h5 or .keras, got {out_path}")
     if int(epochs) < 1:
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
+    build_badnet(architecture, 2)  # an unknown architecture fails before reading any data
     info = read_info(data_dir)
     x_clean, y_clean = load_lab_h5(Path(data_dir) / FILES["train"])
     x_bd, y_bd = load_lab_h5(Path(data_dir) / FILES["bd_train"])
@@ -85,7 +90,7 @@ def train_badnet(
     y = np.concatenate([y_clean, y_bd])
 
     keras.utils.set_random_seed(int(seed))
-    model = deepid(num_classes=int(info["identities"]), input_scale=1.0 / 255.0)
+    model = build_badnet(architecture, int(info["identities"]))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",

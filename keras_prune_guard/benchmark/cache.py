@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard.benchmark.architectures import build_badnet
 from keras_prune_guard.benchmark.badnet import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -71,6 +72,27 @@ def default_cache_dir() -> Path:
     """
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "keras-prune-guard"
+
+
+def model_key(architecture: str, epochs: int) -> str:
+    """The file stem of a trained BadNet inside a benchmark folder.
+
+    Args:
+        architecture: the network trained ("deepid", "resnet").
+        epochs: its training epochs.
+
+    Returns:
+        `badnet-e<epochs>` for the default DeepID (as before architectures
+        existed, so caches stay valid), `badnet-<architecture>-e<epochs>` otherwise.
+
+    Example:
+
+    >>> model_key("resnet", 12)
+    'badnet-resnet-e12'
+    """
+    if architecture == "deepid":
+        return f"badnet-e{int(epochs)}"
+    return f"badnet-{architecture}-e{int(epochs)}"
 
 
 def benchmark_key(
@@ -138,12 +160,14 @@ def ensure_benchmark(
     seed: int = 0,
     epochs: int = DEFAULT_EPOCHS,
     log: Callable[[str], None] | None = print,
+    architecture: str = "deepid",
 ) -> BenchmarkPaths:
     """Returns the face benchmark and its BadNet, generating/training only what is missing.
 
     The files live in `cache_dir/<key>/` where the key names every data
     parameter and the format version (`benchmark_key`); the model is
-    `badnet-e<epochs>.h5` in that folder, with `badnet-e<epochs>.json`
+    `<model_key>.h5` in that folder (`badnet-e<epochs>.h5` for DeepID,
+    `badnet-resnet-e<epochs>.h5` for the ResNet), with `<model_key>.json`
     (settings, test clean accuracy and attack success rate) written last.
     A second call with the same arguments only checks that the files exist.
     Concurrent callers wait for each other (a file lock, on POSIX).
@@ -160,6 +184,9 @@ def ensure_benchmark(
         seed: seeds the data and the training.
         epochs: BadNet training epochs. Defaults to `DEFAULT_EPOCHS`.
         log: progress callback; `None` for silence. Defaults to `print`.
+        architecture: the network backdoored, one of
+            `architectures.BADNET_ARCHITECTURES` ("deepid", "resnet"); part of
+            the model's cache key. Defaults to "deepid".
 
     Returns:
         The `BenchmarkPaths`.
@@ -170,12 +197,14 @@ def ensure_benchmark(
     >>> model = keras.saving.load_model(paths.model)
     """
     say = log or (lambda _msg: None)
+    build_badnet(architecture, 2)  # an unknown architecture fails before any work
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = base / benchmark_key(identities, per_identity_train, valid_per_identity,
                                 test_per_identity, poison_fraction, target, seed)
     files = {name: root / rel for name, rel in FILES.items()}
-    paths = BenchmarkPaths(root=root, model=root / f"badnet-e{int(epochs)}.h5",
-                           model_info=root / f"badnet-e{int(epochs)}.json", **files)
+    stem = model_key(architecture, epochs)
+    paths = BenchmarkPaths(root=root, model=root / f"{stem}.h5",
+                           model_info=root / f"{stem}.json", **files)
     if _data_complete(root) and paths.model.is_file() and paths.model_info.is_file():
         say(f"benchmark: using cached {root}")
         return paths
@@ -194,14 +223,15 @@ def ensure_benchmark(
                 model = keras.saving.load_model(paths.model)
             else:
                 start = time.perf_counter()
-                say(f"benchmark: training the BadNet for {epochs} epochs")
-                model = train_badnet(root, paths.model, epochs=epochs, seed=seed, log=log)
+                say(f"benchmark: training the {architecture} BadNet for {epochs} epochs")
+                model = train_badnet(root, paths.model, epochs=epochs, seed=seed, log=log,
+                                     architecture=architecture)
                 seconds = round(time.perf_counter() - start, 1)
             metrics = evaluate_badnet(model, root, "test")
             how = "found" if seconds is None else f"trained in {seconds} s"
             say(f"benchmark: BadNet {how}; test clean accuracy "
                 f"{metrics.test_accuracy:.2f}%, attack success {metrics.attack_success:.2f}%")
-            record = {"epochs": int(epochs), "seed": int(seed),
+            record = {"architecture": architecture, "epochs": int(epochs), "seed": int(seed),
                       "learning_rate": DEFAULT_LEARNING_RATE, "batch_size": DEFAULT_BATCH_SIZE,
                       "train_seconds": seconds, "test": metrics.to_dict()}
             with atomic_path(paths.model_info) as tmp:
