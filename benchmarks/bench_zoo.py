@@ -106,7 +106,7 @@ def bench_model(name: str, images: int, batch_size: int) -> dict:
             _passes(tf.function(lambda t: head(t, training=False)), x, batch_size)
         preds = []
         for k in range(steps + 1):
-            mask.set_pruned(result.order[:k])
+            mask.set_pruned(result.channel_order[:k])
             preds.append(_passes(whole, x, batch_size))
         mask.restore()
         return np.stack(preds)

@@ -669,7 +669,8 @@ def test_eval_names_bad_model_paths(csaw_dir, runs, tmp_path, capsys, case):
         piece = "found a folder without saved_model.pb (it holds notes.txt)"
     else:
         path, piece = runs["old"], "This is an output folder of `repair`: pass one of its"
-    with pytest.raises(ValueError, match="expected a SavedModel folder, a .keras, an .h5, an .onnx or a .tflite file"):
+    expected = "expected a SavedModel folder, a .keras, an .h5, an .onnx or a .tflite file"
+    with pytest.raises(ValueError, match=expected):
         load_model_for_eval(path)
     code = cli_main(["eval", clean, clean, str(path)])
     err = capsys.readouterr().err

@@ -25,11 +25,12 @@ def test_same_result_as_the_fast_sweep(functional, keep):
     kwargs = {"thresholds": [10, 40, 99.5], "keep": keep, "poisoned": poisoned,
               "record_predictions": True, "batch_size": 7}
     fast, whole = sweep(masked, (x, y), **kwargs), sweep_whole(masked, (x, y), **kwargs)
-    assert whole.curve == fast.curve and whole.order == fast.order
+    assert whole.curve == fast.curve and whole.channel_order == fast.channel_order
     assert whole.snapshots == fast.snapshots and whole.warnings == fast.warnings
     np.testing.assert_array_equal(whole.predictions, fast.predictions)
-    np.testing.assert_allclose(whole.means, fast.means, rtol=1e-6)
-    assert (whole.baseline_accuracy, whole.layer) == (fast.baseline_accuracy, fast.layer)
+    np.testing.assert_allclose(whole.channel_means, fast.channel_means, rtol=1e-6)
+    assert whole.baseline_valid_accuracy == fast.baseline_valid_accuracy
+    assert whole.layer == fast.layer
     assert whole.stats["path"] == "whole model" and whole.stats["images"] == 20
     assert find_channel_mask(masked).pruned_channels() == []  # left as it was
 
@@ -50,7 +51,7 @@ def test_the_mask_is_restored_and_strategies_refused(functional):
     mask.set_pruned([2, 5])
     try:
         result = sweep_whole(masked, (x, y), thresholds=[40])
-        assert result.curve[0]["channels_pruned"] == 0 and result.baseline_accuracy == 100.0
+        assert result.curve[0].num_pruned == 0 and result.baseline_valid_accuracy == 100.0
         assert mask.pruned_channels() == [2, 5]
     finally:
         mask.restore()

@@ -86,7 +86,7 @@ def test_default_mask_location_is_the_pooling_feeding_the_head(case):
         # Nothing pruned yet: the masked copy computes exactly what B does.
         np.testing.assert_array_equal(outputs(case.masked, case.x), outputs(case.model, case.x))
     assert case.result.layer == case.entry.mask_layer
-    assert case.result.baseline_accuracy == 100.0
+    assert case.result.baseline_valid_accuracy == 100.0
 
 
 def test_fast_sweep_equals_the_naive_sweep_at_every_step(case):
@@ -96,11 +96,11 @@ def test_fast_sweep_equals_the_naive_sweep_at_every_step(case):
     forward = tf.function(lambda t: tf.argmax(case.masked(t, training=False), axis=-1))
     try:
         for step in range(steps):
-            mask.set_pruned(result.order[: step])
+            mask.set_pruned(result.channel_order[: step])
             naive = forward(case.x).numpy()
             np.testing.assert_array_equal(result.predictions[step], naive,
                                           err_msg=f"{case.name} step {step}")
-            assert result.curve[step]["valid_accuracy"] == pytest.approx(
+            assert result.curve[step].valid_accuracy == pytest.approx(
                 np.mean(naive == case.y) * 100)
     finally:
         mask.restore()
@@ -185,7 +185,7 @@ def test_prune_then_goodnet(name):
     keras.utils.set_random_seed(0)
     model = ZOO[name].build() if name in ZOO else small_transfer(sequential=True)
     x, y = zoo_data(model, count=16)
-    result = prune(model, x, y, thresholds=[THRESHOLD], order="descending")
+    result = prune(model, (x, y), thresholds=[THRESHOLD], order="descending")
     goodnet = GoodNetModel(model, result.snapshots[THRESHOLD])
     assert goodnet.shares_layers
     assert result.sweep.layer == ("pool_b" if name == "sequential_cnn" else "gap")
@@ -202,7 +202,7 @@ def test_sequential_built_by_fit_without_an_input_layer():
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, np.arange(12) % 3, epochs=1, verbose=0)
     y = classes(model, x)
-    result = prune(model, x, y, thresholds=[20])
+    result = prune(model, (x, y), thresholds=[20])
     goodnet = GoodNetModel(model, result.snapshots[20.0])
     assert goodnet.shares_layers
     assert isinstance(model.get_layer(result.sweep.layer), keras.layers.GlobalAveragePooling2D)
@@ -272,7 +272,7 @@ def test_pruning_callback_on_a_subclassed_model():
     model = ZOO["subclassed"].build()
     x, y = zoo_data(model, count=16)
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy")
-    pruning = PruningCallback(x, y, thresholds=[THRESHOLD], order="descending", verbose=0)
+    pruning = PruningCallback((x, y), thresholds=[THRESHOLD], order="descending", verbose=0)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[pruning])
     snap = pruning.result.snapshots[THRESHOLD]
     assert snap.reached and pruning.result.stats["path"] == "whole model"
