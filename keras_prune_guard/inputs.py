@@ -119,8 +119,8 @@ def check_images(model, x, what: str = "images") -> None:
     >>> check_images(served, np.zeros((2, 55, 47, 1)), "grey.h5")
     ValueError: grey.h5: images of shape (55, 47, 1) ...
     """
-    expected = input_shape_of(model)
     shape = tuple(np.shape(x))
+    expected = input_shape_of(model) or (None,) * max(len(shape) - 1, 3)
     found = shape[1:]
     name = getattr(model, "name", "?")
     wants = f"(N, {', '.join(str(d) for d in expected)})"
@@ -149,12 +149,26 @@ def check_images(model, x, what: str = "images") -> None:
             )
 
 
-def input_shape_of(model) -> tuple:
-    """The (H, W, C) image shape a Keras or served model takes (H, W may be None)."""
-    shape = model.input_shape
+def input_shape_of(model) -> tuple | None:
+    """The (H, W, C) image shape a Keras or served model takes (H, W may be None).
+
+    `None` for a model that does not say (a subclassed model never called on a graph).
+    """
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):
+        return None
     if isinstance(shape, list):
         shape = shape[0]
     return tuple(shape[1:])
+
+
+def num_classes_or_none(model) -> int | None:
+    """The model's number of classes, or `None` when it has no known output shape."""
+    try:
+        return int(model.output_shape[-1])
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 def first_images(data, count: int) -> np.ndarray:
@@ -203,7 +217,11 @@ def _classes(model, x: np.ndarray) -> tuple[np.ndarray, bool]:
 
     from keras_prune_guard.distribute import compiled_forward
 
-    forward = compiled_forward(model) if isinstance(model, keras.Model) else model
+    if isinstance(model, keras.Model):
+        forward = compiled_forward(model) if input_shape_of(model) is not None else (
+            lambda batch: model(batch, training=False))
+    else:
+        forward = model
     out = np.asarray(forward(x))
     return out.argmax(axis=-1), bool(np.isfinite(out).all())
 

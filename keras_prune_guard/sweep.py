@@ -38,7 +38,7 @@ from keras_prune_guard.config import (
     options_from,
 )
 from keras_prune_guard.distribute import BlockRunner
-from keras_prune_guard.inputs import check_model_on, labelled_pairs
+from keras_prune_guard.inputs import check_model_on, labelled_pairs, num_classes_or_none
 from keras_prune_guard.ranking import rank_channels
 from keras_prune_guard.results import CurvePoint, Snapshot, SweepResult
 from keras_prune_guard.surgery import (
@@ -212,7 +212,7 @@ def sweep(
     # A model that cannot be split at its mask (a subclassed model whose own call()
     # applies the ChannelMask) is swept whole, one full pass per step (sweep_whole).
 
-    classes = int(model.output_shape[-1])
+    classes = num_classes_or_none(model)
     valid = labelled_pairs(valid, "valid", classes)
     poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned", classes)
     check_model_on(model, valid, "valid")  # meaningless figures refused before the pass
