@@ -96,7 +96,10 @@ def repair(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         safe_mode=not args.unsafe_deserialization,
     )
-    channel_layer(model, config.after)
+    try:
+        channel_layer(model, config.after)
+    except ValueError as err:  # name the file the model came from
+        raise ValueError(f"{Path(args.model or args.weights).name}: {err}") from None
     check_out_dir(args.out, argument="--out")  # a file, below a file, busy: before any work
     read = _stream_for if args.stream else _read_for
     valid, test = read(model, args.valid), read(model, args.test)

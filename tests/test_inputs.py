@@ -141,3 +141,19 @@ def test_a_bad_streamed_test_image_fails_in_one_line_before_the_sweep(csaw_dir, 
     assert captured.err.strip().splitlines() == [
         f"{PREFIX}{bad}: field `data`: found nan in image 110; expected finite pixel values "
         "(no NaN/inf)."]
+
+
+def test_a_model_without_pooling_is_told_in_the_cli_words_with_its_file(csaw_dir, tmp_path,
+                                                                       capsys):
+    import keras
+
+    model = keras.Sequential([keras.Input((55, 47, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.Flatten(), keras.layers.Dense(1283)], name="flat")
+    model.save(tmp_path / "flat.keras")
+    code = main(["repair", "--model", str(tmp_path / "flat.keras"),
+                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"{PREFIX}flat.keras: Model 'flat' has no pooling layer feeding "
+                             "its classifier head")
+    assert "(CLI: --after NAME)" in err[0] and not (tmp_path / "o").exists()
