@@ -13,6 +13,7 @@ from keras_prune_guard.evaluate import (
     load_model_for_eval,
     predict_classes,
 )
+from keras_prune_guard.graph import is_graph_model
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.repair import repair as run_repair
 from keras_prune_guard.surgery import channel_layer
@@ -69,6 +70,13 @@ def repair(args: argparse.Namespace) -> int:
         safe_mode=not args.unsafe_deserialization,
     )
     check_thresholds(args.thresholds)  # argument errors before reading any data
+    if not is_graph_model(model):
+        raise ValueError(
+            f"--model {args.model}: a subclassed {type(model).__name__}; repair writes a "
+            "plain .h5 and a GoodNet sharing B's layers, which need a functional or "
+            "Sequential model. Use the Python API (prune, GoodNetModel) with a ChannelMask in "
+            "its call(), or rebuild it with the functional API."
+        )
     channel_layer(model, args.after)
     read = _stream_for if args.stream else _read_for
     valid = read(model, args.valid)

@@ -309,3 +309,15 @@ def test_repair_cli_on_a_saved_nested_model(tmp_path):
     served = tf.saved_model.load(str(out / "goodnet_X30"))
     np.testing.assert_array_equal(served.serve(tf.constant(x)).numpy().argmax(-1),
                                   GoodNetModel(model, b_prime).predict(x, verbose=0).argmax(-1))
+
+
+def test_repair_cli_refuses_a_subclassed_model_clearly(tmp_path):
+    ZOO["subclassed"].build().save(tmp_path / "sub.keras")
+    write_lab_h5(tmp_path / "valid.h5", np.zeros((2, 32, 32, 3)), np.zeros(2))
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_prune_guard.cli", "repair", "--model",
+         str(tmp_path / "sub.keras"), "--valid", str(tmp_path / "valid.h5"), "--out",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2
+    assert "a subclassed ZooSubclassed" in done.stderr and "Traceback" not in done.stderr
