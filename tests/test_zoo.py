@@ -312,12 +312,14 @@ def test_repair_cli_on_a_saved_nested_model(tmp_path):
 
 
 def test_repair_cli_refuses_a_subclassed_model_clearly(tmp_path):
-    ZOO["subclassed"].build().save(tmp_path / "sub.keras")
+    from keras_prune_guard import commands
+    from keras_prune_guard.cli import build_parser
+
+    ZOO["subclassed"].build().save(tmp_path / "sub.keras")  # its class is registered here
     write_lab_h5(tmp_path / "valid.h5", np.zeros((2, 32, 32, 3)), np.zeros(2))
-    done = subprocess.run(
-        [sys.executable, "-m", "keras_prune_guard.cli", "repair", "--model",
-         str(tmp_path / "sub.keras"), "--valid", str(tmp_path / "valid.h5"), "--out",
-         str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 2
-    assert "a subclassed ZooSubclassed" in done.stderr and "Traceback" not in done.stderr
+    args = build_parser().parse_args(["repair", "--model", str(tmp_path / "sub.keras"),
+                                      "--valid", str(tmp_path / "valid.h5"),
+                                      "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"a subclassed ZooSubclassed; repair writes a plain"):
+        commands.repair(args)
+    assert not (tmp_path / "out").exists()
