@@ -12,8 +12,13 @@ traces the compiled functions):
   forward   B alone: one pass over the images (the unit of the ratios)
   naive     rank the channels (one pass of the layers before the mask), then for each step
             mask one more channel and run the whole masked model over the images
-  sweep     the package's `sweep` over the same steps (thresholds 30, the zoo test's orders)
+  sweep     the package's `sweep` over the same steps (threshold 30 points, 5 on VGG16;
+            the zoo test's orders); its time includes tracing its two compiled functions
   goodnet   `GoodNetModel(B, B')` over the images, B' = the sweep's snapshot
+
+`forward` and `goodnet` are timed three times each, interleaved, and the fastest run is
+kept (they take about a second, so a busy machine shows in a single run); `naive` and
+`sweep` once.
 
 The networks' last Dense layer is re-centred on the images (`zoo.spread_head`) so that a
 random network predicts varied classes and pruning changes them. The script fails (exit 1)
@@ -29,6 +34,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a script, not the package
@@ -48,8 +54,10 @@ from keras_prune_guard import (  # noqa: E402
 from keras_prune_guard.benchmark.zoo import ZOO, spread_head, zoo_images  # noqa: E402
 
 THRESHOLD = 30.0
-#: Orders as in tests/test_zoo.py: the default where it reaches 30 points within 100 steps.
+#: Orders and thresholds as in tests/test_zoo.py (the default order where it is short).
 ASCENDING = {"sequential_cnn", "batchnorm_logits", "subclassed", "vgg16", "efficientnetb0"}
+THRESHOLDS = {"vgg16": 5.0}
+REPEATS = 3
 
 
 def _classes_fn(model):
@@ -87,9 +95,9 @@ def bench_model(name: str, images: int, batch_size: int) -> dict:
 
     forward = _classes_fn(model)
     _passes(forward, x[warm], batch_size)
-    out["forward_s"], _ = _timed(lambda: _passes(forward, x, batch_size))
 
-    kwargs = {"thresholds": [THRESHOLD], "order": order, "record_predictions": True,
+    threshold = THRESHOLDS.get(name, THRESHOLD)
+    kwargs = {"thresholds": [threshold], "order": order, "record_predictions": True,
               "batch_size": batch_size}
     sweep(masked, (x[warm], y[warm]), **kwargs)
     out["sweep_s"], result = _timed(lambda: sweep(masked, (x, y), **kwargs))
@@ -115,11 +123,16 @@ def bench_model(name: str, images: int, batch_size: int) -> dict:
     out["differ"] = int((reference != result.predictions).sum())
     out["compared"] = int(reference.size)
 
-    b_prime = pruned_copy(masked, result.snapshots[THRESHOLD].pruned_channels)
+    b_prime = pruned_copy(masked, result.snapshots[threshold].pruned_channels)
     goodnet = GoodNetModel(model, b_prime)
     run = tf.function(lambda t: goodnet(t, training=False), reduce_retracing=True)
     _passes(run, x[warm], batch_size)
-    out["goodnet_s"], _ = _timed(lambda: _passes(run, x, batch_size))
+    times = {"forward_s": [], "goodnet_s": []}
+    for _ in range(REPEATS):  # interleaved, the fastest kept
+        times["forward_s"].append(_timed(lambda: _passes(forward, x, batch_size))[0])
+        times["goodnet_s"].append(_timed(lambda: _passes(run, x, batch_size))[0])
+    out.update({key: min(values) for key, values in times.items()})
+    out["threshold"] = threshold
     out["shares_layers"] = bool(goodnet.shares_layers)
     out["goodnet_params_ratio"] = goodnet.count_params() / model.count_params()
     out["ratios"] = {
@@ -167,6 +180,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {','.join(ZOO)}")
     parser.add_argument("--json", help="also write all measurements to this file")
     args = parser.parse_args(argv)
+    # Models built with inputs=[x] called on one tensor: Keras's note is not ours to act on.
+    warnings.filterwarnings("ignore", message=r"The structure of `inputs`")
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(ZOO))
     if unknown or args.images < 1 or args.batch_size < 1:

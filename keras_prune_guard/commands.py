@@ -25,6 +25,7 @@ from keras_prune_guard.evaluate import (
 )
 from keras_prune_guard.export import check_formats
 from keras_prune_guard.inputs import check_model_on
+from keras_prune_guard.graph import is_graph_model
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.outputs import check_out_dir
 from keras_prune_guard.repair import repair as run_repair
@@ -96,6 +97,13 @@ def repair(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         safe_mode=not args.unsafe_deserialization,
     )
+    if not is_graph_model(model):
+        raise ValueError(
+            f"--model {args.model}: a subclassed {type(model).__name__}; repair writes a "
+            "plain .h5 and a GoodNet sharing B's layers, which need a functional or "
+            "Sequential model. Use the Python API (prune, GoodNetModel) with a ChannelMask in "
+            "its call(), or rebuild it with the functional API."
+        )
     try:
         channel_layer(model, config.after)
     except ValueError as err:  # name the file the model came from

@@ -175,8 +175,11 @@ class GoodNetModel(keras.Model):
     for the lab's network), meaning "backdoored input".
 
     When B' is B plus a `ChannelMask` (pruned, not retrained) the model holds
-    B's weights once plus the mask, and runs the layers before the mask once.
-    When B' has its own weights (fine-tuned) it holds both networks.
+    B's weights once plus the mask, and runs the layers before the mask once;
+    that holds for functional and Sequential models (built or not yet called)
+    and for models with nested backbones, compared layer by layer by name.
+    When B' has its own weights (fine-tuned) it holds both networks, and so it
+    does for a subclassed model, whose mask sits inside its own `call`.
 
     Args:
         bad_model: the backdoored network B. Defaults to `None` (only with

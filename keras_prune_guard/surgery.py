@@ -68,7 +68,11 @@ def last_pooling_layer(model: keras.Model) -> str:
     'avg_pool'
     """
     _check_graph_model(model, "last_pooling_layer")
-    graph = trace(model)
+    return _default_path(trace(model), model.name)
+
+
+def _default_path(graph: Graph, name: str) -> str:
+    """`last_pooling_layer` on an already traced graph."""
     found, walked, stopped = _walk_head(graph)
     if found:
         order = {id(call): i for i, call in enumerate(graph.calls)}
@@ -76,7 +80,7 @@ def last_pooling_layer(model: keras.Model) -> str:
     head = [call.path for call in walked]
     ends = [f"{call.path} ({type(call.layer).__name__})" for call in stopped] or ["the input"]
     raise ValueError(
-        f"Model '{model.name}' has no pooling layer feeding its classifier head: walking back "
+        f"Model '{name}' has no pooling layer feeding its classifier head: walking back "
         f"from its output through head layers (Dense, Flatten, Reshape, Dropout, Activation, "
         f"Softmax, ...) it passed {head} and stopped at {ends}, none of them a pooling layer "
         "(global or spatial). Name the layer to mask with after= (CLI: --after NAME); "
@@ -135,8 +139,8 @@ def channel_layer(model: keras.Model, name: str | None) -> keras.layers.Layer:
 def _resolve(model: keras.Model, name: str | None) -> tuple[str, keras.layers.Layer]:
     """`(path, layer)` the mask goes after; a nested model resolves to its output's producer."""
     _check_graph_model(model, "channel_layer")
-    name = last_pooling_layer(model) if name is None else name
     graph = trace(model)
+    name = _default_path(graph, model.name) if name is None else name
     calls = graph.find(name)
     paths = sorted({call.path for call in calls})
     if not calls:

@@ -309,3 +309,17 @@ def test_repair_cli_on_a_saved_nested_model(tmp_path):
     served = tf.saved_model.load(str(out / "goodnet_X30"))
     np.testing.assert_array_equal(served.serve(tf.constant(x)).numpy().argmax(-1),
                                   GoodNetModel(model, b_prime).predict(x, verbose=0).argmax(-1))
+
+
+def test_repair_cli_refuses_a_subclassed_model_clearly(tmp_path):
+    from keras_prune_guard import commands
+    from keras_prune_guard.cli import build_parser
+
+    ZOO["subclassed"].build().save(tmp_path / "sub.keras")  # its class is registered here
+    write_lab_h5(tmp_path / "valid.h5", np.zeros((2, 32, 32, 3)), np.zeros(2))
+    args = build_parser().parse_args(["repair", "--model", str(tmp_path / "sub.keras"),
+                                      "--valid", str(tmp_path / "valid.h5"),
+                                      "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"a subclassed ZooSubclassed; repair writes a plain"):
+        commands.repair(args)
+    assert not (tmp_path / "out").exists()
