@@ -24,8 +24,8 @@ from keras_prune_guard.evaluate import (
     predict_classes,
 )
 from keras_prune_guard.export import check_formats
-from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.graph import is_graph_model
+from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.outputs import check_out_dir
 from keras_prune_guard.repair import repair as run_repair
