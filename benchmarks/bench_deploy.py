@@ -37,12 +37,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py, beside this script
+
+RUNTIMES = ("onnxruntime", "tf2onnx", "ai_edge_litert")  # their versions go in the report
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
@@ -167,26 +170,6 @@ def agreement(run: dict, x) -> dict:
     return checks
 
 
-def machine() -> dict:
-    import keras
-    import tensorflow as tf
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    for name in ("onnxruntime", "tf2onnx", "ai_edge_litert"):
-        try:
-            versions[name] = getattr(__import__(name), "__version__", "?")
-        except ImportError:
-            versions[name] = "not installed"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            **versions, "load_average": [round(v, 2) for v in os.getloadavg()]}
-
-
 def report(times: dict, sizes: dict, checks: dict, source: str, before, after, args) -> bool:
     med = {f: {k: statistics.median(v) for k, v in t.items()} for f, t in times.items()}
     best = {f: {"latency_ms": min(t["latency_ms"]), "images_per_s": max(t["images_per_s"])}
@@ -236,14 +219,14 @@ def main(argv=None) -> int:
         parser.error("--rounds, --latency-calls and --throughput-calls must be >= 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    before = machine()
+    before = machine(*RUNTIMES)
     print(f"machine: {before}")
     goodnet, x, source = load_case(Path(args.csaw))
     with tempfile.TemporaryDirectory(prefix="kpg-deploy-") as tmp:
         run, sizes = runners(goodnet, Path(tmp))
         checks = agreement(run, x)
         times = measure(run, x, args)
-    ok = report(times, sizes, checks, source, before, machine(), args)
+    ok = report(times, sizes, checks, source, before, machine(*RUNTIMES), args)
     return 0 if ok else 1
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS = ("forward", "naive", "sweep", "sweep_x", "goodnet", "two_models")
@@ -223,21 +224,6 @@ def _spawn(name: str, args, workdir: Path, round_no: int) -> dict:
     return result
 
 
-def _machine() -> dict:
-    import keras
-    import tensorflow as tf
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=11547, help="validation images (11547)")
@@ -262,7 +248,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(setups) - set(SETUPS))
     if unknown or args.repeats < 1 or args.images < 1:
         parser.error(f"unknown setups {unknown} (choose from {SETUPS}); repeats and images >= 1")
-    machine_before = _machine()
+    machine_before = machine()
     print(f"machine: {machine_before}")
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory(prefix="kpg-bench-") as tmp:
@@ -273,7 +259,7 @@ def main(argv=None) -> int:
                 print(f"round {round_no + 1}/{args.repeats} {name:<12} {result['seconds']:8.3f} s"
                       f"  peak {result['peak_kib'] / 1024:7.0f} MiB", flush=True)
         exact = _check_exact(runs)
-    machine_after = _machine()
+    machine_after = machine()
     summary = _summarise(runs, exact)
     _print(summary, runs, args, machine_before, machine_after)
     if args.json:

@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py, beside this script
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a script, not the package
 
@@ -144,18 +145,6 @@ def bench_model(name: str, images: int, batch_size: int) -> dict:
     return out
 
 
-def _machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
-
-
 def _print(rows: list[dict], before: dict, after: dict) -> None:
     print()
     print(f"{'model':<21}{'mask after':<26}{'ch':>5}{'steps':>6}{'fwd s':>8}{'naive s':>9}"
@@ -187,7 +176,7 @@ def main(argv=None) -> int:
     if unknown or args.images < 1 or args.batch_size < 1:
         parser.error(f"unknown models {unknown} (choose from {list(ZOO)}); images and "
                      "batch size >= 1")
-    before = _machine()
+    before = machine()
     print(f"machine: {before}")
     rows = []
     for name in names:
@@ -195,7 +184,7 @@ def main(argv=None) -> int:
         rows.append(bench_model(name, args.images, args.batch_size))
         print(f"{name}: done in {time.perf_counter() - start:.0f} s "
               f"({rows[-1]['steps']} steps)", flush=True)
-    after = _machine()
+    after = machine()
     _print(rows, before, after)
     if args.json:
         Path(args.json).write_text(json.dumps(
