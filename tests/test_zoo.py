@@ -80,12 +80,12 @@ def classes(model, x) -> np.ndarray:
 
 def test_default_mask_location_is_the_pooling_feeding_the_head(case):
     if case.entry.kind == "subclassed":
-        assert find_channel_mask(case.model).name == case.entry.mask_layer
+        assert find_channel_mask(case.model).name == case.entry.expected_mask(case.model)
     else:
-        assert last_pooling_layer(case.model) == case.entry.mask_layer
+        assert last_pooling_layer(case.model) == case.entry.expected_mask(case.model)
         # Nothing pruned yet: the masked copy computes exactly what B does.
         np.testing.assert_array_equal(outputs(case.masked, case.x), outputs(case.model, case.x))
-    assert case.result.layer == case.entry.mask_layer
+    assert case.result.layer == case.entry.expected_mask(case.model)
     assert case.result.baseline_valid_accuracy == 100.0
 
 

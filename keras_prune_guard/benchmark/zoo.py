@@ -12,7 +12,7 @@ Example:
 
 >>> model = ZOO["mobilenetv2"].build()
 >>> x, y = zoo_data(model)
->>> ZOO["mobilenetv2"].mask_layer
+>>> ZOO["mobilenetv2"].expected_mask(model)
 'global_average_pooling2d'
 """
 
@@ -41,13 +41,28 @@ class ZooEntry:
     Attributes:
         build: returns a fresh model (random weights).
         mask_layer: the name `last_pooling_layer` must return (for a
-            subclassed model: the name of its own ChannelMask).
+            subclassed model: the name of its own ChannelMask), or, for a layer
+            Keras names with a counter (`global_average_pooling2d_6` when other
+            models were built first), a function finding it in the built model.
         kind: "functional", "sequential", "nested" or "subclassed".
     """
 
     build: Callable[[], keras.Model]
-    mask_layer: str
+    mask_layer: str | Callable[[keras.Model], str]
     kind: str
+
+    def expected_mask(self, model: keras.Model) -> str:
+        """The name of the layer the mask must follow in `model` (built by `build`)."""
+        return self.mask_layer(model) if callable(self.mask_layer) else self.mask_layer
+
+
+def _only(layer_type) -> Callable[[keras.Model], str]:
+    """Finds the one layer of `layer_type` in a model (whatever counter Keras named it with)."""
+    def find(model: keras.Model) -> str:
+        (name,) = [layer.name for layer in model.layers if isinstance(layer, layer_type)]
+        return name
+
+    return find
 
 
 def _application(factory) -> Callable[[], keras.Model]:
@@ -163,7 +178,7 @@ def subclassed() -> keras.Model:
 #: The zoo: name -> how to build it and the layer its mask goes after by default.
 ZOO: dict[str, ZooEntry] = {
     "resnet50": ZooEntry(_application(A.ResNet50), "avg_pool", "functional"),
-    "mobilenetv2": ZooEntry(_application(A.MobileNetV2), "global_average_pooling2d",
+    "mobilenetv2": ZooEntry(_application(A.MobileNetV2), _only(L.GlobalAveragePooling2D),
                             "functional"),
     "efficientnetb0": ZooEntry(_application(A.EfficientNetB0), "avg_pool", "functional"),
     "densenet121": ZooEntry(_application(A.DenseNet121), "avg_pool", "functional"),
