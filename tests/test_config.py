@@ -199,3 +199,16 @@ def test_labels_are_checked_in_the_api_as_in_the_cli(lab3_model, real_clean):
         prune(lab3_model, (x, bad))
     with pytest.raises(ValueError, match=r"valid: found 1283 at index 0.*\[0, 1283\)"):
         repair(lab3_model, (x, np.full(len(y), 1283)), "unused")
+
+
+def test_the_callback_takes_a_stream_like_prune(lab3_model, csaw_dir, real_clean):
+    from keras_prune_guard.data import lab_h5_dataset
+
+    config, quiet = PruneConfig(thresholds=[4]), RunOptions(verbose=0)
+    stream = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 50)
+    masked = insert_channel_mask(lab3_model)
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    callback = PruningCallback(stream, config, run=quiet)
+    masked.fit(real_clean[0][:8], real_clean[1][:8], epochs=0, verbose=0, callbacks=[callback])
+    expected = prune(lab3_model, real_clean, config, run=quiet).sweep.snapshots[4.0]
+    assert callback.result.snapshots[4.0] == expected
