@@ -204,8 +204,7 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
         poisoned=None if poisoned is None else labelled_pairs(poisoned, "poisoned",
                                                                num_classes),
     )
-    check_model_on(model, data.valid, "valid")
-    check_model_on(model, data.test, "test")
+    check_model_on(model, data.test, "test")  # valid: checked by the sweep, before its pass
     if fine_tune.epochs:
         label = fine_tune_label or "fine_tune_data"
         data.fine_tune = check_data(model, valid if fine_tune_data is None else fine_tune_data,

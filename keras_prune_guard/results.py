@@ -360,13 +360,12 @@ class _Reader:
         for key in ("relative", "keep", "order"):  # 0.1 summaries kept these at the top
             if key in data and key not in raw and isinstance(data[key], (str, bool)):
                 raw[key] = data[key]
-        raw.setdefault("thresholds", [self.required(r.get("threshold"), f"['rows'][{i}]"
-                                                    "['threshold']")
-                                      for i, r in enumerate(self.items(data.get("rows"),
-                                                                       "['rows']"))
-                                      if isinstance(r, Mapping)] or None)
-        if raw["thresholds"] is None:
-            raw.pop("thresholds")
+        if "thresholds" not in raw:  # 0.1 summaries: the rows' thresholds
+            rows = enumerate(self.items(data.get("rows"), "['rows']"))
+            found = [self.required(r.get("threshold"), f"['rows'][{i}]['threshold']")
+                     for i, r in rows if isinstance(r, Mapping)]
+            if found:
+                raw["thresholds"] = found
         try:
             return PruneConfig.from_config(raw)
         except ValueError as err:

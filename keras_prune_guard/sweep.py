@@ -34,7 +34,6 @@ from keras_prune_guard.config import (
     PruneConfig,
     RunOptions,
     check_thresholds,
-    deprecated,
     options_from,
 )
 from keras_prune_guard.distribute import BlockRunner
@@ -367,4 +366,4 @@ class _Steps:
 
 
 __all__ = ["DEFAULT_THRESHOLDS", "KEEP_RULES", "Snapshot", "SweepResult", "check_thresholds",
-           "deprecated", "sweep"]
+           "sweep"]
