@@ -30,10 +30,14 @@ ORDERS = ("ascending", "descending")
 #: accuracy (the lab's rule), or the last one still within X.
 KEEP_RULES = ("first_below", "last_within")
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
-#: Initial Adam learning rate of fine-tuning (cosine-decayed to 0), see `FineTuneConfig`.
+#: 0.1's fixed initial Adam learning rate of fine-tuning (`FineTuneConfig.learning_rate`).
 DEFAULT_LEARNING_RATE = 1e-4
 #: Images per training step of fine-tuning.
 DEFAULT_FINE_TUNE_BATCH_SIZE = 32
+#: Epochs of each fine-tuning schedule tried (0 would mean pruning only).
+DEFAULT_FINE_TUNE_EPOCHS = 10
+#: Learning-rate schedules fine-pruning tries, most aggressive first.
+DEFAULT_SCHEDULES = ("cyclic:1e-2", "cosine:1e-2", "cosine:1e-3")
 
 
 def check_thresholds(thresholds: Any, name: str = "thresholds") -> tuple[float, ...]:
@@ -103,6 +107,18 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(
             f"{name} must be an integer >= {minimum}. Received: {name}={value!r}"
         )
+
+
+def _number(name: str, value: Any, low: float, high: float, open_low: bool = False,
+            open_high: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and not math.isnan(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (
+            value < high if open_high else value <= high)
+    if not ok:
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise ValueError(f"{name} must be a number in {lo}{low:g}, {high:g}{hi}. Received: "
+                         f"{name}={value!r}")
 
 
 class _Serialisable:
@@ -211,16 +227,30 @@ class PruneConfig(_Serialisable):
 
 @dataclass(frozen=True)
 class FineTuneConfig(_Serialisable):
-    """How B' is fine-tuned into B'' (Fine-Pruning), validated in the constructor.
+    """How B' is fine-tuned into B'' (fine-pruning), validated in the constructor.
+
+    By default the learning-rate schedule is chosen on clean data alone
+    (`choice.choose_fine_tune`): `holdout` of the clean data is set aside, each of
+    `schedules` (most aggressive first) trains a copy of B' on the rest, the best
+    epoch by held-out accuracy is restored, and the first schedule whose held-out
+    accuracy is within `tolerance` points of B's is kept. With fewer than
+    `min_per_class` clean images per class nothing is trained and B' is kept.
 
     Args:
-        epochs: training epochs; 0 means pruning only. Defaults to 0.
-        learning_rate: initial Adam learning rate, cosine-decayed to 0 over the run.
-            Defaults to `DEFAULT_LEARNING_RATE` (1e-4: it restores clean accuracy
-            without wrecking a network tuned on a few hundred images; larger rates such
-            as 1e-2 also erased the built-in benchmark's backdoor).
+        epochs: training epochs of each schedule tried; 0 means pruning only.
+            Defaults to 10.
+        learning_rate: `None` chooses among `schedules`; a number trains one run
+            whose Adam rate decays from it to 0 along a cosine, on all the clean
+            data, without holding any out (0.1's fine-tuning). Defaults to `None`.
+        schedules: `SHAPE:PEAK` learning-rate schedules to try, most aggressive
+            first (`schedules.parse_schedule`). Defaults to `DEFAULT_SCHEDULES`.
+        holdout: share of the clean data held out to choose. Defaults to 0.2.
+        tolerance: the largest drop of held-out accuracy below B's accepted, in
+            points. Defaults to 3.
+        min_per_class: clean images per class needed to hold some out and decide.
+            Defaults to 3.
         batch_size: images per training step. Defaults to 32.
-        seed: random seed of shuffling and dropout. Defaults to 0.
+        seed: random seed of the hold-out split, shuffling and dropout. Defaults to 0.
 
     Example:
 
@@ -228,34 +258,60 @@ class FineTuneConfig(_Serialisable):
     5
     """
 
-    epochs: int = field(default=0, metadata={
-        "cli": "--fine-tune-epochs", "metavar": "E", "help": "fine-pruning: also train a "
-        "copy of each B' for E epochs on clean data with the pruned channels kept at zero, "
-        "giving B'' (written as bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ "
-        "and .keras, and reported next to B'). 0 = pruning only"})
-    learning_rate: float = field(default=DEFAULT_LEARNING_RATE, metadata={
-        "cli": "--fine-tune-lr", "metavar": "LR", "help": "initial Adam learning rate of the "
-        "fine-tuning, cosine-decayed to 0 (1e-4 restores clean accuracy; larger rates such "
-        "as 1e-2 also erased the built-in benchmark's backdoor but wreck a network "
-        "fine-tuned on a few hundred images)"})
+    epochs: int = field(default=DEFAULT_FINE_TUNE_EPOCHS, metadata={
+        "cli": "--fine-tune-epochs", "metavar": "E", "help": "fine-pruning: train copies of "
+        "each B' for E epochs on clean data with the pruned channels kept at zero, giving "
+        "B'' (written as bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ and "
+        ".keras, and reported next to B'). 0 = pruning only"})
+    learning_rate: float | None = field(default=None, metadata={
+        "cli": "--fine-tune-lr", "metavar": "LR", "help": "one fixed initial Adam learning "
+        "rate, cosine-decayed to 0, on all the clean data, instead of choosing a schedule "
+        "on held-out clean data"})
+    schedules: tuple[str, ...] = field(default=DEFAULT_SCHEDULES, metadata={
+        "cli": "--fine-tune-schedules", "metavar": "SHAPE:PEAK", "help": "learning-rate "
+        "schedules tried, most aggressive first (cosine or cyclic, peak Adam rate); the "
+        "first whose held-out clean accuracy is within --fine-tune-tolerance of B's is kept"})
+    holdout: float = field(default=0.2, metadata={
+        "cli": "--fine-tune-holdout", "help": "share of the clean data held out to choose "
+        "the schedule and its best epoch"})
+    tolerance: float = field(default=3.0, metadata={
+        "cli": "--fine-tune-tolerance", "help": "largest drop of held-out clean accuracy "
+        "below B's accepted, in points"})
+    min_per_class: float = field(default=3.0, metadata={
+        "cli": "--fine-tune-min-per-class", "help": "clean images per class needed to "
+        "choose; with fewer, B' is kept"})
     batch_size: int = field(default=DEFAULT_FINE_TUNE_BATCH_SIZE, metadata={
         "cli": "--fine-tune-batch-size", "help": "images per fine-tuning step"})
     seed: int = field(default=0, metadata={
-        "cli": "--fine-tune-seed", "help": "random seed of the fine-tuning's shuffling"})
+        "cli": "--fine-tune-seed", "help": "random seed of the hold-out split and shuffling"})
 
     def __post_init__(self):
+        from keras_prune_guard.schedules import parse_schedule
+
         _positive_int("epochs", self.epochs, minimum=0)
         lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
             math.isfinite(lr) and lr > 0
-        ):
-            raise ValueError(f"learning_rate must be > 0 (a finite number). Received: "
+        )):
+            raise ValueError(f"learning_rate must be > 0 (a finite number) or None. Received: "
                              f"learning_rate={lr!r}")
+        if isinstance(self.schedules, str) or not self.schedules:
+            raise ValueError("schedules must be a non-empty list such as ['cyclic:1e-2', "
+                             f"'cosine:1e-3']. Received: schedules={self.schedules!r}")
+        object.__setattr__(self, "schedules", tuple(self.schedules))
+        for spec in self.schedules:
+            parse_schedule(spec)
+        _number("holdout", self.holdout, 0.0, 1.0, open_low=True, open_high=True)
+        _number("tolerance", self.tolerance, 0.0, 100.0)
+        _number("min_per_class", self.min_per_class, 0.0, float("inf"))
         _positive_int("batch_size", self.batch_size)
         _positive_int("seed", self.seed, minimum=0)
         for name in ("epochs", "batch_size", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        object.__setattr__(self, "learning_rate", float(lr))
+        for name in ("holdout", "tolerance", "min_per_class"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if lr is not None:
+            object.__setattr__(self, "learning_rate", float(lr))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from keras_prune_guard.config import (
     FineTuneConfig,
     deprecated,
 )
+from keras_prune_guard.schedules import build_schedule
 from keras_prune_guard.surgery import find_channel_mask, pruned_copy
 
 # The defaults live in config.FineTuneConfig; restated here under their 0.1 names.
@@ -118,31 +119,45 @@ def fine_tune(
         config or FineTuneConfig())
     if config.epochs < 1:
         raise ValueError(f"epochs must be a positive integer. Received: epochs={config.epochs}")
-    pruned = find_channel_mask(b_prime).pruned_channels()
+    find_channel_mask(b_prime)
     x, y = check_data(b_prime, data, "fine-tuning data")
     if validation is not None:
         validation = check_data(b_prime, validation, "validation")
 
+    if config.learning_rate is None:
+        from keras_prune_guard.choice import choose_fine_tune
+
+        return choose_fine_tune(b_prime, (x, y), config).model
+    return train_copy(b_prime, (x, y), config, f"cosine:{config.learning_rate}",
+                      validation=validation, verbose=verbose)
+
+
+def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedule: str, *,
+               validation: Data | None = None, callbacks=(), verbose: int = 0) -> keras.Model:
+    """Trains a seeded copy of B' (mask frozen) with Adam on `schedule`; returns the copy.
+
+    Args:
+        b_prime: the pruned network B'.
+        data: checked clean `(x, y)` arrays.
+        config: epochs, batch size and seed.
+        schedule: the learning-rate schedule spec (`schedules.parse_schedule`).
+        validation: optional `(x, y)` monitored by `fit`.
+        callbacks: Keras callbacks of `fit`.
+        verbose: `fit`'s verbosity.
+
+    Returns:
+        The trained copy named `<B' name>_ft`; its `history` holds every epoch.
+    """
+    x, y = data
     keras.utils.set_random_seed(config.seed)
-    b_second = pruned_copy(b_prime, pruned, name=f"{b_prime.name}_ft")
-    steps = config.epochs * -(-len(x) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+    b_second = pruned_copy(b_prime, find_channel_mask(b_prime).pruned_channels(),
+                           name=f"{b_prime.name}_ft")
+    epoch_steps = -(-len(x) // config.batch_size)
     b_second.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(build_schedule(schedule, config.epochs, epoch_steps)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    b_second.fit(
-        x,
-        y,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
-        validation_data=validation,
-        verbose=verbose,
-    )
+    b_second.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
+                 validation_data=validation, callbacks=list(callbacks), verbose=verbose)
     return b_second
-
-
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig", "check_data",
-           "fine_tune"]

@@ -91,13 +91,15 @@ class Scores(_Record):
 
     `test_accuracy`: clean images given their true class; `attack_success`: poisoned
     images given the attacker's target; `detection_rate` / `false_alarm_rate` (GoodNets
-    only): poisoned / clean images flagged as class N.
+    only): poisoned / clean images flagged as class N; `robust_accuracy` (R-Acc, when
+    the poisoned images' true classes are known): poisoned images given their true class.
     """
 
     test_accuracy: float | None = None
     attack_success: float | None = None
     detection_rate: float | None = None
     false_alarm_rate: float | None = None
+    robust_accuracy: float | None = None
 
 
 @dataclass
@@ -174,14 +176,50 @@ class SweepResult(_Record):
 
 
 @dataclass
+class Candidate(_Record):
+    """One fine-tuning schedule tried: the epoch kept, its held-out clean accuracy, and the
+    held-out accuracy of every settled epoch."""
+
+    schedule: str
+    epoch: int
+    holdout_accuracy: float
+    accepted: bool
+    epoch_accuracy: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class FineTuneChoice(_Record):
+    """What fine-pruning chose on clean data alone, and why.
+
+    `schedule` is `None` when B' was kept (too little clean data, or no schedule
+    helped); `epoch` is the restored best epoch; accuracies are on the held-out part.
+    """
+
+    schedule: str | None
+    epoch: int | None
+    reason: str
+    images: int
+    holdout_images: int
+    tolerance: float
+    reference_accuracy: float | None = None
+    pruned_accuracy: float | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def kept_b_prime(self) -> bool:
+        return self.schedule is None
+
+
+@dataclass
 class FineTuned(_Record):
-    """B''_X: B'_X fine-tuned, and its GoodNet G''_X, scored."""
+    """B''_X: B'_X fine-tuned, and its GoodNet G''_X, scored (`choice`: how it was chosen)."""
 
     valid_accuracy: float | None
     train_loss: list[float]
     repaired: Scores | None = None
     goodnet: Scores | None = None
     files: dict[str, str] = field(default_factory=dict)
+    choice: FineTuneChoice | None = None
 
 
 @dataclass
@@ -211,6 +249,7 @@ class Baseline(_Record):
     valid_accuracy: float | None = None
     test_accuracy: float | None = None
     attack_success: float | None = None
+    robust_accuracy: float | None = None
 
 
 @dataclass
@@ -299,6 +338,35 @@ class _Reader:
         return Scores(**{f.name: self.number(raw.get(f.name), f"{where}[{f.name!r}]")
                          for f in dataclasses.fields(Scores)})
 
+    def choice(self, value: Any, where: str) -> FineTuneChoice | None:
+        if value is None:
+            return None
+        raw = self.mapping(value, where)
+        tried = [self.mapping(c, f"{where}['candidates'][{i}]")
+                 for i, c in enumerate(self.items(raw.get("candidates"), f"{where}['candidates']"))]
+        count = {k: self.number(raw.get(k), f"{where}[{k!r}]") for k in ("images",
+                                                                          "holdout_images")}
+        return FineTuneChoice(
+            schedule=None if raw.get("schedule") is None else str(raw["schedule"]),
+            epoch=None if raw.get("epoch") is None else int(
+                self.required(raw["epoch"], f"{where}['epoch']")),
+            reason=str(raw.get("reason") or ""),
+            images=int(count["images"] or 0), holdout_images=int(count["holdout_images"] or 0),
+            tolerance=self.required(raw.get("tolerance"), f"{where}['tolerance']"),
+            reference_accuracy=self.number(raw.get("reference_accuracy"),
+                                           f"{where}['reference_accuracy']"),
+            pruned_accuracy=self.number(raw.get("pruned_accuracy"), f"{where}['pruned_accuracy']"),
+            candidates=[Candidate(
+                schedule=str(c.get("schedule")),
+                epoch=int(self.required(c.get("epoch"), f"{where}['candidates'][{i}]['epoch']")),
+                holdout_accuracy=self.required(c.get("holdout_accuracy"),
+                                               f"{where}['candidates'][{i}]['holdout_accuracy']"),
+                accepted=bool(c.get("accepted")),
+                epoch_accuracy={int(k): self.required(v, f"{where}['candidates'][{i}]")
+                                for k, v in self.mapping(c.get("epoch_accuracy"), where).items()},
+            ) for i, c in enumerate(tried)],
+        )
+
     def point(self, raw: Any, i: int, channels: int) -> CurvePoint:
         where = f"['curve'][{i}]"
         p = self.mapping(raw, where)
@@ -340,6 +408,7 @@ class _Reader:
                 repaired=self.scores(t.get("repaired"), f"{at}['repaired']"),
                 goodnet=self.scores(t.get("goodnet"), f"{at}['goodnet']"),
                 files=self.files(t.get("files"), f"{at}['files']"),
+                choice=self.choice(t.get("choice"), f"{at}['choice']"),
             )
         return ThresholdResult(
             threshold=threshold,
@@ -394,7 +463,8 @@ class _Reader:
             config=self.config(data),
             baseline=Baseline(**{
                 k: self.number(base.get(k), f"['baseline'][{k!r}]")
-                for k in ("valid_accuracy", "test_accuracy", "attack_success")}),
+                for k in ("valid_accuracy", "test_accuracy", "attack_success",
+                          "robust_accuracy")}),
             rows=[self.row(r, i, channels)
                   for i, r in enumerate(self.items(data.get("rows"), "['rows']"))],
             curve=curve,
@@ -413,7 +483,9 @@ class _Reader:
 
 __all__ = [
     "Baseline",
+    "Candidate",
     "CurvePoint",
+    "FineTuneChoice",
     "FineTuned",
     "RepairResult",
     "ReportError",

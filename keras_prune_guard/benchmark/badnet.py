@@ -1,10 +1,11 @@
-"""Trains the benchmark's BadNet: the lab's DeepID on clean plus sunglasses-poisoned faces."""
+"""Trains the benchmark's BadNet: DeepID (or a small ResNet) on clean plus poisoned faces."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -12,7 +13,9 @@ import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.benchmark.architectures import build_badnet
+from keras_prune_guard.benchmark.attacks import attack_files, check_attack, ensure_attack_files
 from keras_prune_guard.benchmark.dataset import FILES, read_info
+from keras_prune_guard.benchmark.pruning_aware import train_pruning_aware
 from keras_prune_guard.data import load_lab_h5
 from keras_prune_guard.evaluate import evaluate
 from keras_prune_guard.results import Scores
@@ -47,16 +50,18 @@ def train_badnet(
     batch_size: int = DEFAULT_BATCH_SIZE,
     log: Callable[[str], None] | None = None,
     architecture: str = "deepid",
+    attack: str = "sunglasses",
 ) -> keras.Model:
     """Trains a backdoored network on a benchmark folder and saves it like the lab's model.
 
     The model is `deepid(num_classes=K, input_scale=1/255)` (or, with
     `architecture="resnet"`, the small ResNet of `architectures.small_resnet`),
     so it takes raw 0..255 pixels. It is trained on `train/train.h5` plus the poisoned copies
-    in `train/bd_train.h5` (sunglasses, labelled with the target), with Adam
-    and sparse categorical cross-entropy, and saved as a full model (legacy
-    `.h5`, or `.keras`, by the suffix of `out_path`) without optimizer state,
-    atomically.
+    of `attack` (`attacks.attack_files`: sunglasses, patch or blend, labelled with the
+    target), with Adam and sparse categorical cross-entropy, and saved as a full model
+    (legacy `.h5`, or `.keras`, by the suffix of `out_path`) without optimizer state,
+    atomically. The `pruning-aware` attack trains in three phases instead
+    (`train_pruning_aware`).
 
     Args:
         data_dir: a folder written by `generate_benchmark`.
@@ -69,6 +74,7 @@ def train_badnet(
         log: optional progress callback such as `print`.
         architecture: one of `architectures.BADNET_ARCHITECTURES` ("deepid",
             "resnet"). Defaults to "deepid".
+        attack: one of `attacks.ATTACKS`. Defaults to "sunglasses".
 
     Returns:
         The trained, compiled `keras.Model`.
@@ -83,22 +89,22 @@ def train_badnet(
     if int(epochs) < 1:
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
     build_badnet(architecture, 2)  # an unknown architecture fails before reading any data
+    check_attack(attack)
+    if attack == "pruning-aware" and architecture != "deepid":
+        raise ValueError("the pruning-aware attack lowers the biases of the convolution "
+                         f"before pool_3, so it needs architecture='deepid'; received "
+                         f"{architecture!r}")
     info = read_info(data_dir)
-    x_clean, y_clean = load_lab_h5(Path(data_dir) / FILES["train"])
-    x_bd, y_bd = load_lab_h5(Path(data_dir) / FILES["bd_train"])
-    x = np.concatenate([x_clean, x_bd])
-    y = np.concatenate([y_clean, y_bd])
-
+    clean = load_lab_h5(Path(data_dir) / FILES["train"])
+    poisoned = load_lab_h5(ensure_attack_files(data_dir, attack)["bd_train"])
     keras.utils.set_random_seed(int(seed))
     model = build_badnet(architecture, int(info["identities"]))
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    callbacks = [_EpochLog(log, int(epochs))] if log else []
-    model.fit(x, y, batch_size=int(batch_size), epochs=int(epochs), shuffle=True, verbose=0,
-              callbacks=callbacks)
+    fit = partial(_fit, epochs=int(epochs), learning_rate=learning_rate,
+                  batch_size=int(batch_size), log=log)
+    if attack == "pruning-aware":
+        model = train_pruning_aware(model, clean, poisoned, fit)
+    else:
+        fit(model, _joined(clean, poisoned))
     with atomic_path(out_path) as tmp:
         model.save(tmp, include_optimizer=False) if tmp.suffix == ".h5" else model.save(tmp)
     if log:
@@ -106,8 +112,24 @@ def train_badnet(
     return model
 
 
+def _joined(*parts):
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _fit(model: keras.Model, data, epochs: int, learning_rate: float, batch_size: int,
+         log: Callable[[str], None] | None) -> keras.Model:
+    """Compiles `model` (Adam, sparse cross-entropy) and fits it on `(x, y)` for `epochs`."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [_EpochLog(log, epochs)] if log else []
+    model.fit(*data, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=callbacks)
+    return model
+
+
 def evaluate_badnet(
-    model: keras.Model, data_dir: str | os.PathLike, split: str = "test", batch_size: int = 1024
+    model: keras.Model, data_dir: str | os.PathLike, split: str = "test", batch_size: int = 1024,
+    attack: str = "sunglasses",
 ) -> Scores:
     """Measures clean accuracy and attack success rate on a benchmark split, in percent.
 
@@ -116,6 +138,8 @@ def evaluate_badnet(
         data_dir: a folder written by `generate_benchmark`.
         split: `"test"` (cl/test.h5, bd/bd_test.h5) or `"valid"`.
         batch_size: prediction batch size.
+        attack: whose poisoned files to score (`attacks.ATTACKS`). Defaults to
+            "sunglasses".
 
     Returns:
         `Scores` with `test_accuracy` and `attack_success` (the share of poisoned images
@@ -128,5 +152,6 @@ def evaluate_badnet(
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-    clean, poisoned = (load_lab_h5(Path(data_dir) / FILES[key]) for key in (split, f"bd_{split}"))
+    clean = load_lab_h5(Path(data_dir) / FILES[split])
+    poisoned = load_lab_h5(attack_files(data_dir, attack)[f"bd_{split}"])
     return evaluate(model, clean, poisoned, batch_size=batch_size)

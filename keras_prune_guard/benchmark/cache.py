@@ -14,6 +14,12 @@ import keras
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.benchmark.architectures import build_badnet
+from keras_prune_guard.benchmark.attacks import (
+    attack_files,
+    check_attack,
+    ensure_attack_files,
+    trigger_region,
+)
 from keras_prune_guard.benchmark.badnet import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -41,10 +47,14 @@ class BenchmarkPaths:
         root: the benchmark's folder (one per parameter set).
         train, bd_train: clean training faces and their poisoned copies.
         valid, test: clean faces (`cl/valid.h5`, `cl/test.h5`).
-        bd_valid, bd_test: the same faces with sunglasses, labelled with the target.
-        info: `benchmark.json` (parameters, trigger bounding box).
+        bd_valid, bd_test: the same faces with the attack's trigger, labelled with the
+            target (`true_label` holds their identity).
+        info: `benchmark.json` (parameters, the sunglasses' bounding box).
         model: the trained BadNet, a full-model legacy `.h5` taking raw pixels.
         model_info: json with the BadNet's training settings and test metrics.
+        attack: the attack (`attacks.ATTACKS`).
+        trigger_info: json naming the attack's trigger and its bounding box
+            (`benchmark.json` for the sunglasses).
     """
 
     root: Path
@@ -57,6 +67,13 @@ class BenchmarkPaths:
     info: Path
     model: Path
     model_info: Path
+    attack: str = "sunglasses"
+    trigger_info: Path | None = None
+
+    @property
+    def trigger_region(self) -> tuple[int, int, int, int]:
+        """The trigger's bounding box `(row0, row1, col0, col1)` over all poisoned images."""
+        return trigger_region(self.root, self.attack)
 
 
 def default_cache_dir() -> Path:
@@ -74,25 +91,29 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "keras-prune-guard"
 
 
-def model_key(architecture: str, epochs: int) -> str:
+def model_key(architecture: str, epochs: int, attack: str = "sunglasses") -> str:
     """The file stem of a trained BadNet inside a benchmark folder.
 
     Args:
         architecture: the network trained ("deepid", "resnet").
         epochs: its training epochs.
+        attack: the attack it learnt (`attacks.ATTACKS`). Defaults to "sunglasses".
 
     Returns:
-        `badnet-e<epochs>` for the default DeepID (as before architectures
-        existed, so caches stay valid), `badnet-<architecture>-e<epochs>` otherwise.
+        `badnet-e<epochs>` for the default DeepID with sunglasses (as before
+        architectures and attacks existed, so caches stay valid), else
+        `badnet-[<architecture>-][<attack>-]e<epochs>`.
 
     Example:
 
     >>> model_key("resnet", 12)
     'badnet-resnet-e12'
+    >>> model_key("deepid", 12, "patch")
+    'badnet-patch-e12'
     """
-    if architecture == "deepid":
-        return f"badnet-e{int(epochs)}"
-    return f"badnet-{architecture}-e{int(epochs)}"
+    parts = [p for p, default in ((architecture, "deepid"), (attack, "sunglasses"))
+             if p != default]
+    return "-".join(["badnet", *parts, f"e{int(epochs)}"])
 
 
 def benchmark_key(
@@ -161,6 +182,7 @@ def ensure_benchmark(
     epochs: int = DEFAULT_EPOCHS,
     log: Callable[[str], None] | None = print,
     architecture: str = "deepid",
+    attack: str = "sunglasses",
 ) -> BenchmarkPaths:
     """Returns the face benchmark and its BadNet, generating/training only what is missing.
 
@@ -187,6 +209,10 @@ def ensure_benchmark(
         architecture: the network backdoored, one of
             `architectures.BADNET_ARCHITECTURES` ("deepid", "resnet"); part of
             the model's cache key. Defaults to "deepid".
+        attack: the backdoor attack, one of `attacks.ATTACKS` ("sunglasses",
+            "patch", "blend", "pruning-aware"); part of the model's cache key, and
+            `bd_*` of the returned paths are its poisoned files. Defaults to
+            "sunglasses".
 
     Returns:
         The `BenchmarkPaths`.
@@ -198,14 +224,18 @@ def ensure_benchmark(
     """
     say = log or (lambda _msg: None)
     build_badnet(architecture, 2)  # an unknown architecture fails before any work
+    check_attack(attack)
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = base / benchmark_key(identities, per_identity_train, valid_per_identity,
                                 test_per_identity, poison_fraction, target, seed)
     files = {name: root / rel for name, rel in FILES.items()}
-    stem = model_key(architecture, epochs)
-    paths = BenchmarkPaths(root=root, model=root / f"{stem}.h5",
-                           model_info=root / f"{stem}.json", **files)
-    if _data_complete(root) and paths.model.is_file() and paths.model_info.is_file():
+    poisoned = attack_files(root, attack)
+    files.update({k: poisoned[k] for k in ("bd_train", "bd_valid", "bd_test")})
+    stem = model_key(architecture, epochs, attack)
+    paths = BenchmarkPaths(root=root, model=root / f"{stem}.h5", model_info=root / f"{stem}.json",
+                           attack=attack, trigger_info=poisoned["info"], **files)
+    if _data_complete(root) and poisoned["info"].is_file() and paths.model.is_file() and \
+            paths.model_info.is_file():
         say(f"benchmark: using cached {root}")
         return paths
     with _lock(root):
@@ -217,21 +247,24 @@ def ensure_benchmark(
                                test_per_identity=test_per_identity,
                                poison_fraction=poison_fraction, target=target, seed=seed, log=log)
             say(f"benchmark: data ready in {time.perf_counter() - start:.1f} s")
+        ensure_attack_files(root, attack)
         if not paths.model_info.is_file():
             seconds = None
             if paths.model.is_file():  # trained, but stopped before its record was written
                 model = keras.saving.load_model(paths.model)
             else:
                 start = time.perf_counter()
-                say(f"benchmark: training the {architecture} BadNet for {epochs} epochs")
+                say(f"benchmark: training the {architecture} BadNet ({attack} attack) for "
+                    f"{epochs} epochs")
                 model = train_badnet(root, paths.model, epochs=epochs, seed=seed, log=log,
-                                     architecture=architecture)
+                                     architecture=architecture, attack=attack)
                 seconds = round(time.perf_counter() - start, 1)
-            metrics = evaluate_badnet(model, root, "test")
+            metrics = evaluate_badnet(model, root, "test", attack=attack)
             how = "found" if seconds is None else f"trained in {seconds} s"
             say(f"benchmark: BadNet {how}; test clean accuracy "
                 f"{metrics.test_accuracy:.2f}%, attack success {metrics.attack_success:.2f}%")
-            record = {"architecture": architecture, "epochs": int(epochs), "seed": int(seed),
+            record = {"architecture": architecture, "attack": attack, "epochs": int(epochs),
+                      "seed": int(seed),
                       "learning_rate": DEFAULT_LEARNING_RATE, "batch_size": DEFAULT_BATCH_SIZE,
                       "train_seconds": seconds, "test": metrics.to_dict()}
             with atomic_path(paths.model_info) as tmp:
