@@ -10,8 +10,10 @@ from keras_prune_guard.config import FineTuneConfig, PruneConfig
 
 EPILOG = """examples:
   keras-prune-guard demo
-  keras-prune-guard demo --fine-tune-epochs 5
+  keras-prune-guard demo --attack patch
+  keras-prune-guard demo --fine-tune-epochs 0      # pruning only
   keras-prune-guard demo --architecture resnet
+  keras-prune-guard benchmark
   keras-prune-guard repair --weights data/bd_weights.h5 --valid data/cl/valid.h5 \\
       --test data/cl/test.h5 --poisoned data/bd/bd_test.h5 --out saved_models
   keras-prune-guard repair --weights data/bd_weights.h5 --valid big_valid.h5 --stream \\
@@ -72,12 +74,15 @@ def _learning_rate(text: str) -> float:
 
 
 # Options whose text needs more than a type to check (the rest: int, str, bool, choices).
-_PARSERS = {"thresholds": _thresholds, "epochs": _epochs, "learning_rate": _learning_rate}
+_PARSERS = {"thresholds": _thresholds, "epochs": _epochs, "learning_rate": _learning_rate,
+            "schedules": str}
+#: keras_prune_guard.benchmark.attacks.ATTACKS, restated so that --help imports no Keras.
+ATTACKS = ("sunglasses", "patch", "blend", "pruning-aware")
 
 
 def _default_text(value) -> str:
     if isinstance(value, tuple):
-        return " ".join(f"{v:g}" for v in value)
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -129,6 +134,19 @@ def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
 EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
 
 
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark-cache", "--cache-dir", dest="benchmark_cache", default=None,
+                   help="where generated data and the trained BadNets are cached (default: "
+                   "$KERAS_PRUNE_GUARD_CACHE or ~/.cache/keras-prune-guard; --cache-dir is "
+                   "its deprecated 0.1 name)")
+    p.add_argument("--identities", type=int, default=None,
+                   help="number of face identities (classes) of the benchmark (default: 200)")
+    p.add_argument("--per-identity", type=int, default=None,
+                   help="training faces per identity (default: 25)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of BadNet training (default: 12)")
+
+
 def _add_formats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", nargs="+", default=["savedmodel"], choices=EXPORT_FORMATS,
                    help="GoodNet exports to write per X, each checked in its runtime: "
@@ -167,17 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole defense on the built-in face benchmark")
     demo.add_argument("--out", default="saved_models", help="output folder (default: "
                       "saved_models)")
-    demo.add_argument("--benchmark-cache", "--cache-dir", dest="benchmark_cache", default=None,
-                      help="where generated data and the "
-                      "trained BadNet are cached (default: $KERAS_PRUNE_GUARD_CACHE or "
-                      "~/.cache/keras-prune-guard; --cache-dir is its deprecated 0.1 name)")
-    demo.add_argument("--identities", type=int, default=None,
-                      help="number of face identities (classes) of the benchmark "
-                      "(default: 200)")
-    demo.add_argument("--per-identity", type=int, default=None,
-                      help="training faces per identity (default: 25)")
-    demo.add_argument("--epochs", type=int, default=None,
-                      help="epochs of BadNet training (default: 12)")
+    _add_benchmark_args(demo)
+    demo.add_argument("--attack", default="sunglasses", choices=ATTACKS,
+                      help="the backdoor: sunglasses (the lab's trigger), patch (a 5x5 "
+                      "checkerboard in the bottom-right corner), blend (a fixed random "
+                      "pattern blended into the whole image at 20%%) or pruning-aware (the "
+                      "sunglasses learnt by the Fine-Pruning paper's adaptive attack, DeepID "
+                      "only); each BadNet is trained and cached apart (default: sunglasses)")
     add_config_args(demo, PruneConfig)
     _add_formats(demo)
     # Issue 13: a second kind of BadNet (names restated from benchmark.architectures).
@@ -188,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: deepid)")
     _add_fine_tune_args(demo, data=False)
 
+    bench = sub.add_parser(
+        "benchmark", help="every attack x {pruning, fine-pruning} on the built-in benchmark, "
+        "one comparison report",
+        description="For each attack: build (or read from the cache) its BadNet, repair it at "
+        "every X with pruning and fine-pruning, score B, B', G, B'' and G'' on the test "
+        "faces, check every figure against the saved models' own predictions, and write "
+        "OUT/<attack>/ (models and report) and OUT/comparison.{md,html,png,json}.",
+    )
+    bench.add_argument("--out", default="benchmark_results", help="output folder (default: "
+                       "benchmark_results)")
+    _add_benchmark_args(bench)
+    bench.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS,
+                       help=f"attacks to run (default: {' '.join(ATTACKS)})")
+    add_config_args(bench, PruneConfig)
+    _add_fine_tune_args(bench, data=False)
+
     rep = sub.add_parser(
         "repair", help="prune B on clean validation data, write B', GoodNets and the report",
         description="Rank the channels after --after by mean activation on --valid, prune "
@@ -195,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy is at least X points below the original, for each X. Writes, per X: "
         "bprime_X{X}.keras, bprime_X{X}.h5 (mask folded in, plain Keras), goodnet_X{X}/ "
         "(SavedModel) and goodnet_X{X}.keras; and report/ (Markdown, CSV, JSON, PNG, HTML). "
-        "With --fine-tune-epochs E, each B' is then fine-tuned (its own copy, E epochs) into "
-        "B'', written with its GoodNet as bprime_ft_X{X}.* and goodnet_ft_X{X}*.",
+        "Then each B' is fine-pruned (its own copies trained on clean data, the schedule "
+        "chosen on held-out clean data alone) into B'', written with its GoodNet as "
+        "bprime_ft_X{X}.* and goodnet_ft_X{X}*; --fine-tune-epochs 0 prunes only.",
     )
     _add_model_args(rep)
     rep.add_argument("--valid", required=True, help="clean validation data, lab HDF5 layout "
@@ -293,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"keras-prune-guard: warning: {old} is deprecated since 0.2; use {new}",
                   file=sys.stderr)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     # Quiet TensorFlow's C++ start-up chatter for CLI users (only here, never on import).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import absl.logging

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -17,6 +16,7 @@ from keras_prune_guard.data import (
     load_images,
     load_inputs,
     load_lab_h5,
+    load_true_labels,
 )
 from keras_prune_guard.evaluate import (
     evaluate,
@@ -87,8 +87,9 @@ def repair(args: argparse.Namespace) -> int:
         raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
                          "(E >= 1); received --fine-tune-epochs 0")
     if args.stream and tuning.epochs and args.fine_tune_data is None:
-        raise ValueError("--stream with --fine-tune-epochs needs --fine-tune-data FILE (read "
-                         "into memory for training); received no --fine-tune-data")
+        raise ValueError("--stream: fine-pruning (on unless --fine-tune-epochs 0) needs "
+                         "--fine-tune-data FILE, read into memory for training; received no "
+                         "--fine-tune-data (pass one, or --fine-tune-epochs 0 to prune only)")
     run = RunOptions(strategy=_strategy(args.strategy), activation_cache=args.activation_cache)
     model = load_network(
         args.model,
@@ -122,6 +123,8 @@ def repair(args: argparse.Namespace) -> int:
         config,
         test=test,
         poisoned=read(model, args.poisoned),
+        true_labels=None if args.poisoned is None or args.stream else load_true_labels(
+            args.poisoned),
         fine_tune=tuning,
         fine_tune_data=_read_for(model, args.fine_tune_data),
         fine_tune_label=(None if args.fine_tune_data is None
@@ -206,38 +209,16 @@ def export(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """`keras-prune-guard demo`: the defense end to end on the built-in benchmark."""
-    from keras_prune_guard.benchmark import ensure_benchmark
-
     start = time.perf_counter()
     check_out_dir(args.out, argument="--out")  # before the benchmark is built or trained
-    sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
-             "epochs": args.epochs}
-    kwargs = {key: value for key, value in sizes.items() if value is not None}
     config, tuning = _configs(args)
     formats = check_formats(args.formats, "--formats")
-    architecture = args.architecture
-    bench = ensure_benchmark(args.benchmark_cache, log=print, architecture=architecture,
-                             **kwargs)
-    model = load_network(bench.model)
-    info = json.loads(Path(bench.info).read_text())
-    valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
-    result = run_repair(
-        model,
-        valid,
-        args.out,
-        config,
-        test=test,
-        poisoned=bd_test,
-        fine_tune=tuning,
-        formats=formats,
-        trigger_region=tuple(info["trigger"]["bbox"]),
-        model_label=f"built-in benchmark BadNet ({_kind(architecture)}{num_classes_of(model)} "
-                    "identities)",
-    )
+    result, test, bd_test, _ = _repair_benchmark(args, args.attack, args.out, config, tuning,
+                                                 formats, args.architecture)
     print("Scoring the exported GoodNets as examples/eval.py does:")
     for row in result.rows:
         exports = [row.files[f"goodnet_{name}"] for name in formats]
-        if row.fine_tuned is not None:
+        if row.fine_tuned is not None and row.fine_tuned.files:
             exports += [row.fine_tuned.files[f"goodnet_{name}"] for name in formats]
         for path in exports:
             scores = evaluate(load_model_for_eval(path), test, bd_test)
@@ -253,9 +234,50 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repair_benchmark(args, attack: str, out, config, tuning, formats, architecture="deepid",
+                      log=print):
+    """Builds (or reads) the benchmark BadNet of `attack` and repairs it into `out`.
+
+    Returns:
+        `(result, test, poisoned, true_labels)`: the `RepairResult` and the test data it
+        was scored on.
+    """
+    from keras_prune_guard.benchmark import ensure_benchmark
+
+    sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
+             "epochs": args.epochs}
+    kwargs = {key: value for key, value in sizes.items() if value is not None}
+    bench = ensure_benchmark(args.benchmark_cache, log=log, architecture=architecture,
+                             attack=attack, **kwargs)
+    model = load_network(bench.model)
+    valid, test, bd_test = (_read_for(model, p) for p in (bench.valid, bench.test, bench.bd_test))
+    true_labels = load_true_labels(bench.bd_test)
+    result = run_repair(
+        model, valid, out, config, test=test, poisoned=bd_test, true_labels=true_labels,
+        fine_tune=tuning, formats=formats,
+        trigger_region=bench.trigger_region,
+        model_label=f"built-in benchmark BadNet ({_kind(architecture)}{attack} attack, "
+                    f"{num_classes_of(model)} identities)",
+        run=RunOptions(verbose=1 if log else 0),
+    )
+    return result, test, bd_test, true_labels
+
+
 def _kind(architecture: str) -> str:
     """How the demo's report names a non-default BadNet architecture ("" for DeepID)."""
     return "" if architecture == "deepid" else f"{architecture}, "
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    """`keras-prune-guard benchmark`: every attack x {pruning, fine-pruning}, one report."""
+    from keras_prune_guard.matrix import run_matrix
+
+    check_out_dir(args.out, argument="--out")
+    config, tuning = _configs(args)
+    paths = run_matrix(args.attacks, args.out, config, tuning,
+                       partial(_repair_benchmark, args), argv=getattr(args, "argv", None))
+    print(f"Comparison report written: {', '.join(str(p) for p in paths.values())}")
+    return 0
 
 
 def saliency(args: argparse.Namespace) -> int:

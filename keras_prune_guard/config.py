@@ -37,7 +37,7 @@ DEFAULT_FINE_TUNE_BATCH_SIZE = 32
 #: Epochs of each fine-tuning schedule tried (0 would mean pruning only).
 DEFAULT_FINE_TUNE_EPOCHS = 10
 #: Learning-rate schedules fine-pruning tries, most aggressive first.
-DEFAULT_SCHEDULES = ("cyclic:1e-2", "cosine:1e-2", "cosine:1e-3")
+DEFAULT_SCHEDULES = ("cyclic:1e-2", "cosine:1e-2", "cosine:3e-3", "cosine:1e-3")
 
 
 def check_thresholds(thresholds: Any, name: str = "thresholds") -> tuple[float, ...]:

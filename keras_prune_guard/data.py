@@ -581,6 +581,24 @@ def load_inputs(
     return x, None
 
 
+def load_true_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """The `true_label` dataset of a poisoned lab HDF5 file (the images' real classes), if any.
+
+    Returns:
+        int64 (N,) labels, or `None` when the file has no `true_label` (the lab's own
+        files), so robust accuracy cannot be measured.
+
+    Example:
+
+    >>> load_true_labels("bd/bd_test.h5")[:3]
+    """
+    p = _existing_file(path)
+    with _open_h5(p) as f:
+        if "true_label" not in f:
+            return None
+        return np.asarray(f["true_label"][()]).reshape(-1).astype("int64")
+
+
 def write_lab_h5(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -619,5 +637,6 @@ __all__ = [
     "load_images",
     "load_inputs",
     "load_lab_h5",
+    "load_true_labels",
     "write_lab_h5",
 ]

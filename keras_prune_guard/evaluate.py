@@ -189,6 +189,7 @@ def evaluate(
     poisoned=None,
     *,
     flag_class: int | None = None,
+    true_labels=None,
     batch_size: int = 1024,
     strategy: tf.distribute.Strategy | None = None,
     clean=None,
@@ -204,6 +205,9 @@ def evaluate(
         flag_class: the GoodNet's "backdoored input" class N; when given,
             `detection_rate` (poisoned flagged) and `false_alarm_rate` (clean
             flagged) are measured. Defaults to `None`.
+        true_labels: the poisoned images' true classes (N,); when given,
+            `robust_accuracy` (R-Acc: poisoned images given their true class) is
+            measured. Defaults to `None`.
         batch_size: images per call. Defaults to 1024.
         strategy: run the passes under this `tf.distribute` strategy. Defaults
             to `None`.
@@ -214,7 +218,8 @@ def evaluate(
 
     Returns:
         `Scores`: `test_accuracy`, `attack_success` and, with `flag_class`,
-        `detection_rate` and `false_alarm_rate` (None where not measured).
+        `detection_rate` and `false_alarm_rate`, with `true_labels`,
+        `robust_accuracy` (None where not measured).
 
     Example:
 
@@ -235,4 +240,13 @@ def evaluate(
         scores.attack_success = rate(pred == y)
         if flag_class is not None:
             scores.detection_rate = rate(pred == flag_class)
+        if true_labels is not None:
+            scores.robust_accuracy = rate(pred == check_true_labels(true_labels, len(pred)))
     return scores
+
+
+def check_true_labels(true_labels, count: int, what: str = "true_labels") -> np.ndarray:
+    """The poisoned images' true classes as int64 (N,), one per poisoned image."""
+    from keras_prune_guard.inputs import check_labels
+
+    return check_labels(true_labels, count, what)

@@ -161,3 +161,7 @@ def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedul
     b_second.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
                  validation_data=validation, callbacks=list(callbacks), verbose=verbose)
     return b_second
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig", "check_data",
+           "fine_tune", "train_copy"]

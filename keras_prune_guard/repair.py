@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from keras_prune_guard.choice import choose_fine_tune
 from keras_prune_guard.config import (
     FineTuneConfig,
     PruneConfig,
@@ -22,7 +23,7 @@ from keras_prune_guard.config import (
     deprecated,
     options_from,
 )
-from keras_prune_guard.evaluate import evaluate
+from keras_prune_guard.evaluate import check_true_labels, evaluate
 from keras_prune_guard.export import (
     FORMATS,
     check_formats,
@@ -49,6 +50,7 @@ class _Data:
     fine_tune: object = None
     fine_tune_label: str | None = None
     formats: tuple[str, ...] = ("savedmodel",)
+    true_labels: object = None
 
     @property
     def scored(self) -> bool:
@@ -63,6 +65,7 @@ def repair(
     *,
     test=None,
     poisoned=None,
+    true_labels=None,
     fine_tune: FineTuneConfig | None = None,
     fine_tune_data=None,
     fine_tune_label: str | None = None,
@@ -84,11 +87,14 @@ def repair(
     so the folder always holds one run's complete output; files of the user in it
     are never deleted.
 
-    With `fine_tune=FineTuneConfig(epochs=E)`, E > 0, it also fine-prunes: for each
-    X an independent copy of B' is trained E epochs on clean data (the mask frozen,
-    see `fine_tune`), giving B''; it writes `bprime_ft_X{X}.keras`, `.h5`,
+    By default it also fine-prunes (`FineTuneConfig()`; `FineTuneConfig(epochs=0)`
+    prunes only): for each X, copies of B' are trained on clean data (the mask
+    frozen), the schedule chosen on held-out clean data alone
+    (`choice.choose_fine_tune`), giving B''; it writes `bprime_ft_X{X}.keras`, `.h5`,
     `goodnet_ft_X{X}/` and `goodnet_ft_X{X}.keras` (a GoodNet from B and B'',
-    holding both networks), and fills `fine_tuned` in the row of X.
+    holding both networks), and fills `fine_tuned` in the row of X with the scores
+    and the choice. When the clean data are too few to choose, B' is kept: the row
+    says so and no B'' files are written.
 
     Args:
         model: the backdoored network B, taking raw 0..255 pixels.
@@ -100,8 +106,11 @@ def repair(
             Defaults to `None`.
         poisoned: poisoned test data `(x, y_target)`; its attack success rate
             is also traced along the curve. Defaults to `None`.
+        true_labels: the poisoned images' true classes, for robust accuracy
+            (R-Acc). Defaults to `None`.
         fine_tune: fine-tuning settings (`FineTuneConfig`; epochs 0 = pruning
-            only). Defaults to `None` (pruning only).
+            only). Defaults to `None` (`FineTuneConfig()`: fine-pruning, the
+            schedule chosen on clean data).
         fine_tune_data: clean `(x, y)` arrays to fine-tune on. Defaults to `None`,
             meaning `valid` (as the Fine-Pruning paper does).
         fine_tune_label: how to name the fine-tuning data in the report.
@@ -140,6 +149,7 @@ def repair(
     num_classes = int(model.output_shape[-1])
     data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
                          fine_tune_label, num_classes)
+    data.true_labels = _true_labels(true_labels, data.poisoned)
     channel_layer(model, config.after)
     data.formats = check_formats(formats)
     with run_folder(out_dir, log=run.log) as folder:  # checked and locked before any work
@@ -214,6 +224,16 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
     return data
 
 
+def _true_labels(true_labels, poisoned):
+    """The poisoned images' true classes, checked against the poisoned data (or None)."""
+    if true_labels is None:
+        return None
+    if poisoned is None or is_streamed(poisoned):
+        raise ValueError("true_labels needs poisoned=(x, y_target) arrays to belong to; "
+                         f"received poisoned={'a stream' if poisoned is not None else None}")
+    return check_true_labels(true_labels, len(poisoned[0]))
+
+
 def _new_result(model, swept, config: PruneConfig, fine_tune: FineTuneConfig, data: _Data,
                 model_label: str | None, run: RunOptions) -> RepairResult:
     """The result of a repair before its rows: the sweep, B's scores, the settings."""
@@ -249,8 +269,10 @@ def repair_at(model, b_prime, snap, channels: int, folder: RunFolder, data: _Dat
             f"{snap.valid_accuracy:.2f}%; wrote {folder.out_dir / ('*_' + tag)}* (staged)")
     models = {f"B' X={t:g}": b_prime}
     if fine_tune.epochs:
-        row.fine_tuned, models[f"B'' X={t:g}"] = fine_tune_row(model, b_prime, tag, folder,
-                                                              data, fine_tune, run)
+        row.fine_tuned, b_second = fine_tune_row(model, b_prime, tag, folder, data, fine_tune,
+                                                 run)
+        if b_second is not b_prime:
+            models[f"B'' X={t:g}"] = b_second
     return row, models
 
 
@@ -267,6 +289,7 @@ def _baseline(model, valid_accuracy: float, data: _Data, run: RunOptions) -> Bas
         scores = score(model, data, run)
         baseline.test_accuracy, baseline.attack_success = (scores.test_accuracy,
                                                            scores.attack_success)
+        baseline.robust_accuracy = scores.robust_accuracy
     return baseline
 
 
@@ -275,7 +298,7 @@ def score(model, data: _Data, run: RunOptions, flag_class: int | None = None) ->
     if not data.scored:
         return None
     return evaluate(model, data.test, data.poisoned, flag_class=flag_class,
-                    strategy=run.strategy)
+                    true_labels=data.true_labels, strategy=run.strategy)
 
 
 def _write_and_score(model, repaired, tag: str, folder: RunFolder, data: _Data,
@@ -307,20 +330,33 @@ def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, ta
 
 def fine_tune_row(model, b_prime, tag: str, folder: RunFolder, data: _Data,
                   config: FineTuneConfig, run: RunOptions) -> tuple[FineTuned, keras.Model]:
-    """Fine-tunes a copy of B', writes B'' and its GoodNet, scores both; returns B'' too."""
-    b_second = fine_tune(b_prime, data.fine_tune, config)
+    """Fine-prunes B' (its schedule chosen on clean data), writes B'' and its GoodNet,
+    scores both; returns B'' too (B' itself when it was kept: then nothing is written)."""
+    choice = None
+    if config.learning_rate is None:
+        chosen = choose_fine_tune(b_prime, data.fine_tune, config, original=model, log=run.log)
+        b_second, choice = chosen.model, chosen.choice
+    else:
+        b_second = fine_tune(b_prime, data.fine_tune, config)
+    where = tag.replace("X", "X=")
+    if b_second is b_prime:
+        run.log(f"{where}: fine-pruning kept B': {choice.reason}")
+        row = FineTuned(valid_accuracy=None, train_loss=[], choice=choice)
+        return row, b_second
     files, repaired, goodnet = _write_and_score(model, b_second, f"ft_{tag}", folder, data,
                                                 run)
     row = FineTuned(
         valid_accuracy=evaluate(b_second, data.valid, strategy=run.strategy).test_accuracy,
         train_loss=[float(v) for v in b_second.history.history.get("loss", [])],
-        repaired=repaired, goodnet=goodnet, files=files,
+        repaired=repaired, goodnet=goodnet, files=files, choice=choice,
     )
+    how = f"{config.epochs} epochs" if choice is None else \
+        f"{choice.schedule}, epoch {choice.epoch}/{config.epochs} ({choice.reason})"
     tuned_on = " (the data it was tuned on)" if data.fine_tune_label == \
         "the validation data" else ""
-    run.log(f"{tag.replace('X', 'X=')}: fine-tuned B' for {config.epochs} epochs on "
-            f"{len(data.fine_tune[0])} images: validation accuracy {row.valid_accuracy:.2f}%"
-            f"{tuned_on}; wrote {folder.out_dir / ('*_ft_' + tag)}* (staged)")
+    run.log(f"{where}: fine-tuned B' ({how}) on {len(data.fine_tune[0])} images: validation "
+            f"accuracy {row.valid_accuracy:.2f}%{tuned_on}; wrote "
+            f"{folder.out_dir / ('*_ft_' + tag)}* (staged)")
     return row, b_second
 
 

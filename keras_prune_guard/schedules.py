@@ -15,7 +15,7 @@ import keras
 
 SHAPES = ("cosine", "cyclic")
 #: Epochs of one triangular cycle of a `cyclic` schedule.
-CYCLE_EPOCHS = 4
+CYCLE_EPOCHS = 2
 _FLOOR = 1.0 / 25.0
 
 
@@ -89,8 +89,8 @@ def settled(spec: str, epoch: int, epochs: int) -> bool:
 
     Example:
 
-    >>> [e for e in range(1, 11) if settled("cyclic:1e-2", e, 10)]
-    [4, 8, 10]
+    >>> [e for e in range(1, 8) if settled("cyclic:1e-2", e, 7)]
+    [2, 4, 6, 7]
     """
     return parse_schedule(spec)[0] == "cosine" or epoch % CYCLE_EPOCHS == 0 or epoch == epochs
 

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from keras_prune_guard.report.plot import plot_curve
-from keras_prune_guard.report.tables import as_result, comparison, saved_files, settings, table
+from keras_prune_guard.report.tables import (
+    as_result,
+    choices,
+    comparison,
+    saved_files,
+    settings,
+    table,
+)
 from keras_prune_guard.results import RepairResult, ReportError
 
 CURVE_FIGURE = "Pruning curve"
@@ -131,6 +138,10 @@ def render_html(
         body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>"
                  for line in comparison_cells]
         body += ["</tbody>", "</table>"]
+    chosen = choices(result)
+    if chosen:
+        body += ["<h2>What fine-pruning chose (on clean data only)</h2>", "<ul>"]
+        body += [f"<li>{esc(line)}</li>" for line in chosen] + ["</ul>"]
     for name, uri in figures:
         body += [f"<h2>{esc(name)}</h2>", "<figure>",
                  f'<img src="{uri}" alt="{esc(name, quote=True)}">', "</figure>"]

@@ -17,13 +17,15 @@ CSV_COLUMNS = (
     "valid_accuracy",
     "test_accuracy",
     "attack_success",
+    "robust_accuracy",
     "detection_rate",
     "false_alarm_rate",
 )
 """The columns of `csv_rows` and `report.csv`, in order (the `RepairResult` field names)."""
 
 # Columns shown only when at least one model has a value for them.
-_OPTIONAL_COLUMNS = ("test_accuracy", "attack_success", "detection_rate", "false_alarm_rate")
+_OPTIONAL_COLUMNS = ("test_accuracy", "attack_success", "robust_accuracy", "detection_rate",
+                     "false_alarm_rate")
 _HEADERS = {
     "model": "Model",
     "threshold": "X (points)",
@@ -32,6 +34,7 @@ _HEADERS = {
     "valid_accuracy": "Validation accuracy (%)",
     "test_accuracy": "Clean test accuracy (%)",
     "attack_success": "Attack success rate (%)",
+    "robust_accuracy": "Robust accuracy R-Acc (%)",
     "detection_rate": "Detection rate (%)",
     "false_alarm_rate": "False alarm rate (%)",
 }
@@ -63,6 +66,7 @@ def _values(model: str, threshold, pruned: int, fraction: float, valid, scores: 
         "model": model, "threshold": threshold, "num_pruned": pruned,
         "fraction_pruned": fraction, "valid_accuracy": valid,
         "test_accuracy": scores.test_accuracy, "attack_success": scores.attack_success,
+        "robust_accuracy": scores.robust_accuracy,
         "detection_rate": scores.detection_rate if goodnet else None,
         "false_alarm_rate": scores.false_alarm_rate if goodnet else None,
     }
@@ -80,19 +84,30 @@ def _row_lines(row: ThresholdResult) -> list[Line]:
                           f"G_{name}{suffix}", "goodnet"))
     tuned = row.fine_tuned
     if tuned is not None:
-        lines.append(Line(_values(f"B''_{name}", *common, tuned.valid_accuracy, tuned.repaired,
-                                  False), f"B''_{name}{suffix}", "fine_tuned"))
-        if tuned.goodnet is not None:
-            lines.append(Line(_values(f"G''_{name}", *common, None, tuned.goodnet, True),
+        kept = kept_b_prime(tuned)
+        suffix += " (kept B')" if kept else ""
+        b_second, g_second = (row.repaired, row.goodnet) if kept else (tuned.repaired,
+                                                                         tuned.goodnet)
+        valid = row.valid_accuracy if kept else tuned.valid_accuracy
+        lines.append(Line(_values(f"B''_{name}", *common, valid, b_second, False),
+                          f"B''_{name}{suffix}", "fine_tuned"))
+        if g_second is not None:
+            lines.append(Line(_values(f"G''_{name}", *common, None, g_second, True),
                               f"G''_{name}{suffix}", "goodnet fine_tuned"))
     return lines
+
+
+def kept_b_prime(tuned) -> bool:
+    """Whether fine-pruning kept B' (too little clean data, or no schedule helped)."""
+    return tuned.choice is not None and tuned.choice.kept_b_prime
 
 
 def lines(result: RepairResult) -> list[Line]:
     """One line per model: B, then B'_X (G_X, B''_X, G''_X) per threshold."""
     base = result.baseline
     original = _values("B", None, 0, 0.0, base.valid_accuracy,
-                       Scores(base.test_accuracy, base.attack_success), False)
+                       Scores(base.test_accuracy, base.attack_success,
+                              robust_accuracy=base.robust_accuracy), False)
     out = [Line(original, "B (original)", "original")]
     for row in result.rows:
         out.extend(_row_lines(row))
@@ -212,16 +227,39 @@ def settings(result: RepairResult) -> str:
     text = "; ".join(parts) + "."
     tuning = result.fine_tune
     if tuning is not None:
-        how = [f"Adam, learning rate {tuning.learning_rate:g} cosine-decayed to 0"]
+        if tuning.learning_rate is None:
+            how = [f"Adam; schedule chosen on {tuning.holdout:.0%} of the clean data held out, "
+                   f"the most aggressive of {', '.join(tuning.schedules)} within "
+                   f"{tuning.tolerance:g} points of B's held-out accuracy"]
+        else:
+            how = [f"Adam, learning rate {tuning.learning_rate:g} cosine-decayed to 0"]
         if result.fine_tune_images is not None:
             how.append(f"{result.fine_tune_images} images")
         data = f" on {result.fine_tune_data}" if result.fine_tune_data else ""
-        text += (f" B''_X is B'_X fine-tuned for {tuning.epochs} epochs{data} "
-                 f"({', '.join(how)}) with the pruned channels kept at zero; G''_X is the "
+        text += (f" B''_X is B'_X fine-tuned for up to {tuning.epochs} epochs{data} "
+                 f"({'; '.join(how)}) with the pruned channels kept at zero; G''_X is the "
                  "GoodNet of B and B''_X.")
         if result.fine_tune_data == "the validation data":
-            text += " B''_X's validation accuracy is measured on the data it was tuned on."
+            text += " B''_X's validation accuracy is measured on the clean data it was tuned on."
     return text
+
+
+def choices(result: RepairResult) -> list[str]:
+    """One line per threshold: what fine-pruning chose on clean data, and why."""
+    out = []
+    for row in result.rows:
+        choice = row.fine_tuned.choice if row.fine_tuned is not None else None
+        if choice is None:
+            continue
+        tried = ", ".join(f"{c.schedule} {c.holdout_accuracy:.2f}% (epoch {c.epoch})"
+                          for c in choice.candidates)
+        picked = "kept B'" if choice.kept_b_prime else f"{choice.schedule}, epoch {choice.epoch}"
+        held = "" if choice.reference_accuracy is None else (
+            f"; held-out accuracy of B {choice.reference_accuracy:.2f}%, of B' "
+            f"{choice.pruned_accuracy:.2f}% on {choice.holdout_images} images")
+        out.append(f"X = {threshold_name(row.threshold)}: {picked}: {choice.reason}{held}"
+                   + (f"; tried {tried}" if tried else ""))
+    return out
 
 
 def saved_files(result: RepairResult) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -246,6 +284,9 @@ _COMPARISON = (
 
 def _comparison_scores(row: ThresholdResult, model: str) -> Scores | None:
     tuned = row.fine_tuned
+    if kept_b_prime(tuned):
+        return {"B'": row.repaired, "G": row.goodnet, "B''": row.repaired,
+                "G''": row.goodnet}[model]
     return {"B'": row.repaired, "G": row.goodnet, "B''": tuned.repaired,
             "G''": tuned.goodnet}[model]
 
@@ -303,6 +344,10 @@ def markdown_report(result: RepairResult | Mapping) -> str:
     compared = fine_pruning_table(result)
     if compared:
         parts += ["", "## Pruning only vs fine-pruning", "", compared.rstrip("\n")]
+    chosen = choices(result)
+    if chosen:
+        parts += ["", "## What fine-pruning chose (on clean data only)", ""]
+        parts += [f"- {line}" for line in chosen]
     files = saved_files(result)
     if files:
         parts += ["", "## Saved networks", ""]
