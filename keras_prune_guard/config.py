@@ -35,9 +35,12 @@ DEFAULT_LEARNING_RATE = 1e-4
 #: Images per training step of fine-tuning.
 DEFAULT_FINE_TUNE_BATCH_SIZE = 32
 #: Epochs of each fine-tuning schedule tried (0 would mean pruning only).
-DEFAULT_FINE_TUNE_EPOCHS = 10
+DEFAULT_FINE_TUNE_EPOCHS = 16
 #: Learning-rate schedules fine-pruning tries, most aggressive first.
-DEFAULT_SCHEDULES = ("cyclic:1e-2", "cosine:1e-2", "cosine:3e-3", "cosine:1e-3")
+DEFAULT_SCHEDULES = ("cyclic:1e-2", "cyclic:5e-3", "cosine:1e-3")
+#: Random image changes during fine-tuning: shifts of up to 6% and horizontal flips, shifts
+#: only (for images a mirror changes the meaning of, such as text), or none.
+AUGMENTATIONS = ("shift-flip", "shift", "none")
 
 
 def check_thresholds(thresholds: Any, name: str = "thresholds") -> tuple[float, ...]:
@@ -238,7 +241,7 @@ class FineTuneConfig(_Serialisable):
 
     Args:
         epochs: training epochs of each schedule tried; 0 means pruning only.
-            Defaults to 10.
+            Defaults to 16.
         learning_rate: `None` chooses among `schedules`; a number trains one run
             whose Adam rate decays from it to 0 along a cosine, on all the clean
             data, without holding any out (0.1's fine-tuning). Defaults to `None`.
@@ -249,6 +252,9 @@ class FineTuneConfig(_Serialisable):
             points. Defaults to 3.
         min_per_class: clean images per class needed to hold some out and decide.
             Defaults to 3.
+        augment: random image changes while training, one of `AUGMENTATIONS`:
+            "shift-flip" (shifts of up to 6% and horizontal flips), "shift" or
+            "none". Defaults to "shift-flip".
         batch_size: images per training step. Defaults to 32.
         seed: random seed of the hold-out split, shuffling and dropout. Defaults to 0.
 
@@ -280,6 +286,10 @@ class FineTuneConfig(_Serialisable):
     min_per_class: float = field(default=3.0, metadata={
         "cli": "--fine-tune-min-per-class", "help": "clean images per class needed to "
         "choose; with fewer, B' is kept"})
+    augment: str = field(default="shift-flip", metadata={
+        "cli": "--fine-tune-augment", "choices": AUGMENTATIONS, "help": "random image changes "
+        "while fine-tuning: shifts of up to 6%% and horizontal flips, shifts only (images a "
+        "mirror changes, such as text), or none"})
     batch_size: int = field(default=DEFAULT_FINE_TUNE_BATCH_SIZE, metadata={
         "cli": "--fine-tune-batch-size", "help": "images per fine-tuning step"})
     seed: int = field(default=0, metadata={
@@ -304,6 +314,7 @@ class FineTuneConfig(_Serialisable):
         _number("holdout", self.holdout, 0.0, 1.0, open_low=True, open_high=True)
         _number("tolerance", self.tolerance, 0.0, 100.0)
         _number("min_per_class", self.min_per_class, 0.0, float("inf"))
+        _choice("augment", self.augment, AUGMENTATIONS)
         _positive_int("batch_size", self.batch_size)
         _positive_int("seed", self.seed, minimum=0)
         for name in ("epochs", "batch_size", "seed"):
@@ -417,6 +428,7 @@ def options_from(
 
 
 __all__ = [
+    "AUGMENTATIONS",
     "DEFAULT_LEARNING_RATE",
     "DEFAULT_THRESHOLDS",
     "FineTuneConfig",

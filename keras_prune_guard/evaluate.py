@@ -205,9 +205,9 @@ def evaluate(
         flag_class: the GoodNet's "backdoored input" class N; when given,
             `detection_rate` (poisoned flagged) and `false_alarm_rate` (clean
             flagged) are measured. Defaults to `None`.
-        true_labels: the poisoned images' true classes (N,); when given,
-            `robust_accuracy` (R-Acc: poisoned images given their true class) is
-            measured. Defaults to `None`.
+        true_labels: the poisoned images' true classes (N,), -1 where unknown; when
+            given, `robust_accuracy` (R-Acc: poisoned images of known class given
+            their true class) is measured. Defaults to `None`.
         batch_size: images per call. Defaults to 1024.
         strategy: run the passes under this `tf.distribute` strategy. Defaults
             to `None`.
@@ -241,12 +241,23 @@ def evaluate(
         if flag_class is not None:
             scores.detection_rate = rate(pred == flag_class)
         if true_labels is not None:
-            scores.robust_accuracy = rate(pred == check_true_labels(true_labels, len(pred)))
+            truth = check_true_labels(true_labels, len(pred))
+            known = truth >= 0
+            scores.robust_accuracy = rate(pred[known] == truth[known]) if known.any() else None
     return scores
 
 
 def check_true_labels(true_labels, count: int, what: str = "true_labels") -> np.ndarray:
-    """The poisoned images' true classes as int64 (N,), one per poisoned image."""
+    """The poisoned images' true classes as int64 (N,), one per poisoned image, -1 where
+    unknown (as in the lab's real sunglasses file); robust accuracy counts the known ones."""
     from keras_prune_guard.inputs import check_labels
 
-    return check_labels(true_labels, count, what)
+    truth = np.asarray(true_labels)
+    if truth.ndim == 1 and np.issubdtype(truth.dtype, np.integer) and len(truth) == count:
+        known = truth >= 0
+        if (truth[~known] != -1).any():
+            raise ValueError(f"{what}: found {truth[~known].min()}; expected class labels, "
+                             "or -1 where unknown")
+        checked = check_labels(np.where(known, truth, 0), count, what)
+        return np.where(known, checked, -1)
+    return check_labels(truth, count, what)

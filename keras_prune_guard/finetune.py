@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_prune_guard.config import (
+    AUGMENTATIONS,
     DEFAULT_FINE_TUNE_BATCH_SIZE,
     DEFAULT_LEARNING_RATE,
     FineTuneConfig,
@@ -16,6 +17,8 @@ from keras_prune_guard.surgery import find_channel_mask, pruned_copy
 
 # The defaults live in config.FineTuneConfig; restated here under their 0.1 names.
 DEFAULT_BATCH_SIZE = DEFAULT_FINE_TUNE_BATCH_SIZE
+#: Largest random shift of augmented fine-tuning, as a share of the height and width.
+SHIFT = 0.06
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -158,10 +161,41 @@ def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedul
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    b_second.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
-                 validation_data=validation, callbacks=list(callbacks), verbose=verbose)
+    b_second.fit(_batches((x, y), config), epochs=config.epochs, validation_data=validation,
+                 shuffle=False,  # the pipeline shuffles, seeded
+                 callbacks=list(callbacks), verbose=verbose)
     return b_second
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig", "check_data",
-           "fine_tune", "train_copy"]
+def augmentation(kind: str, seed: int) -> keras.Sequential | None:
+    """The random image changes of fine-tuning: `AUGMENTATIONS[kind]` (None for "none").
+
+    Example:
+
+    >>> augmentation("shift-flip", seed=0)(images, training=True).shape == images.shape
+    True
+    """
+    steps = []
+    if kind in ("shift", "shift-flip"):
+        steps.append(keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest",
+                                                    seed=seed))
+    if kind == "shift-flip":
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 1))
+    return keras.Sequential(steps, name="fine_tune_augmentation") if steps else None
+
+
+def _batches(data: Data, config: FineTuneConfig):
+    """The training data as a seeded, shuffled, augmented `tf.data` pipeline."""
+    import tensorflow as tf
+
+    x, y = data
+    change = augmentation(config.augment, config.seed)
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        len(x), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
+    if change is None:
+        return stream
+    return stream.map(lambda images, labels: (change(images, training=True), labels))
+
+
+__all__ = ["AUGMENTATIONS", "DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig",
+           "augmentation", "check_data", "fine_tune", "train_copy"]

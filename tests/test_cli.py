@@ -159,8 +159,12 @@ def test_fine_tune_options_get_clear_errors(csaw_dir):
     done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-epochs", "1",
                "--fine-tune-lr", "0")
     assert done.returncode == 2 and "--fine-tune-lr takes a positive number" in done.stderr
-    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-data", valid)
+    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-epochs", "0",
+               "--fine-tune-data", valid)
     assert done.returncode == 2 and "needs --fine-tune-epochs" in done.stderr
+    done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-schedules",
+               "cyclic:1e-2", "step:1e-3")
+    assert done.returncode == 2 and "Received: 'step:1e-3'" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -64,7 +64,8 @@ def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, 
 
 def test_fine_tune_is_seeded(b_prime, real_clean):
     x, y = real_clean
-    runs = [fine_tune(b_prime, (x[:64], y[:64]), epochs=1, batch_size=16, seed=s)
+    runs = [fine_tune(b_prime, (x[:64], y[:64]), epochs=1, batch_size=16, seed=s,
+                      learning_rate=DEFAULT_LEARNING_RATE)
             for s in (3, 3, 4)]
     first, again, other = (r.get_layer("fc_2").get_weights()[0] for r in runs)
     np.testing.assert_array_equal(first, again)
@@ -74,7 +75,7 @@ def test_fine_tune_is_seeded(b_prime, real_clean):
 def test_goodnet_of_b_and_b_second_holds_two_networks(lab3_model, b_prime, real_clean,
                                                      real_sunglasses):
     x, y = real_clean
-    b_second = fine_tune(b_prime, (x, y), epochs=1)
+    b_second = fine_tune(b_prime, (x, y), epochs=1, learning_rate=DEFAULT_LEARNING_RATE)
     pruned_goodnet = GoodNetModel(lab3_model, b_prime)
     goodnet = GoodNetModel(lab3_model, b_second)
     assert pruned_goodnet.shares_layers is True
@@ -107,11 +108,28 @@ def test_fine_tune_rejects_bad_arguments(lab3_model, b_prime, real_clean):
         fine_tune(lab3_model, (x, y), epochs=1)
 
 
-def test_default_learning_rate_is_small_and_matches_the_cli():
+def test_default_fine_pruning_chooses_its_schedule_and_matches_the_cli():
     from keras_prune_guard.cli import build_parser
 
-    cli_default = build_parser().parse_args(["demo"]).fine_tune_learning_rate
-    assert DEFAULT_LEARNING_RATE == FineTuneConfig().learning_rate == cli_default == 1e-4
+    args = build_parser().parse_args(["demo"])
+    assert FineTuneConfig().learning_rate is None is args.fine_tune_learning_rate
+    assert FineTuneConfig().epochs == args.fine_tune_epochs > 0  # fine-pruning by default
+    assert tuple(args.fine_tune_schedules) == FineTuneConfig().schedules
+    assert DEFAULT_LEARNING_RATE == 1e-4  # 0.1's fixed rate, still the --fine-tune-lr hint
+
+
+def test_default_repair_keeps_b_prime_when_clean_data_are_too_few(lab3_model, real_clean,
+                                                                  real_sunglasses, tmp_path):
+    result = repair(lab3_model, real_clean, tmp_path, PruneConfig(thresholds=[4]),
+                    test=real_clean, poisoned=real_sunglasses, run=RunOptions(verbose=0))
+    tuned = result.rows[0].fine_tuned
+    assert tuned.choice.kept_b_prime and tuned.files == {} and tuned.repaired is None
+    assert "120 clean images for 1283 classes (0.09 per class" in tuned.choice.reason
+    assert not list(tmp_path.glob("*_ft_*"))
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "B''_4 (kept B')" in md and "X = 4: kept B': 120 clean images" in md
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["rows"][0]["fine_tuned"]["choice"]["schedule"] is None
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +147,8 @@ def fine_pruned(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
             lines.append(message)
 
     summary = repair(model, real_clean, out, PruneConfig(thresholds=[2, 10]), test=real_clean,
-                     poisoned=real_sunglasses, fine_tune=FineTuneConfig(epochs=1),
+                     poisoned=real_sunglasses,
+                     fine_tune=FineTuneConfig(epochs=1, learning_rate=DEFAULT_LEARNING_RATE),
                      trigger_region=(15, 35, 0, 47), run=Recorded())
     return model, out, summary, lines
 
@@ -173,7 +192,7 @@ def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, real_clean,
         assert (served_scores.test_accuracy, served_scores.attack_success) == (
             scores.test_accuracy, scores.attack_success)
     assert not list(out.rglob(".tmp-*"))
-    assert any("fine-tuned B' for 1 epochs on 120 images" in line for line in lines)
+    assert any("fine-tuned B' (1 epochs) on 120 images" in line for line in lines)
 
 
 def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
@@ -196,12 +215,14 @@ def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
 
 def test_repair_without_fine_tuning_is_unchanged(lab3_model, real_clean, tmp_path):
     with pytest.warns(DeprecationWarning, match=r"repair\(log=\.\.\.\)"):  # the 0.1 call
-        summary = repair(lab3_model, real_clean, tmp_path, thresholds=[4], log=lambda _: None)
+        summary = repair(lab3_model, real_clean, tmp_path, thresholds=[4], log=lambda _: None,
+                         fine_tune=FineTuneConfig(epochs=0))
     assert summary.fine_tune is None and summary.rows[0].fine_tuned is None
     assert not list(tmp_path.glob("*_ft_*"))
     assert "B''" not in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="fine_tune_data was given but fine_tune_epochs=0"):
-        repair(lab3_model, real_clean, tmp_path, fine_tune_data=real_clean)
+        repair(lab3_model, real_clean, tmp_path, fine_tune=FineTuneConfig(epochs=0),
+               fine_tune_data=real_clean)
     with pytest.raises(ValueError, match="fine_tune_epochs must be an integer >= 0"):
         repair(lab3_model, real_clean, tmp_path, fine_tune_epochs=-1)
     x, y = real_clean

@@ -46,7 +46,8 @@ def _pre_activation_max(model: keras.Model, x: np.ndarray) -> np.ndarray:
     kernel, bias = (np.asarray(w) for w in conv.get_weights())
     best = np.full(kernel.shape[-1], -np.inf, np.float32)
     for i in range(0, len(x), 512):
-        z = keras.ops.conv(feed(x[i:i + 512]), kernel, padding=conv.padding) + bias
+        inputs = feed.predict(x[i:i + 512], verbose=0)
+        z = keras.ops.conv(inputs, kernel, padding=conv.padding) + bias
         best = np.maximum(best, np.asarray(keras.ops.max(z, axis=(0, 1, 2))))
     return best
 

@@ -4,13 +4,22 @@
 - `plot`: the pruning curve as a PNG (`plot_curve`);
 - `html`: one self-contained HTML page (`render_html`);
 - `files`: every report file in a folder, report.json being the result itself
-  (`write_report`, `result_json`).
+  (`write_report`, `result_json`);
+- `comparison`: several attacks' results side by side, the benchmark matrix
+  (`write_comparison`, `comparison_markdown`, ...).
 
 Each renderer takes a `RepairResult`; a plain dict (a report.json read back, or a 0.1
 summary) is read with `RepairResult.from_dict`, which names any field that is wrong.
 No TensorFlow is needed; matplotlib is imported only when a plot is drawn.
 """
 
+from keras_prune_guard.report.comparison import (
+    comparison_html,
+    comparison_markdown,
+    comparison_rows,
+    plot_comparison,
+    write_comparison,
+)
 from keras_prune_guard.report.files import result_json, summary_json, write_report
 from keras_prune_guard.report.html import CURVE_FIGURE, render_html
 from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR, plot_curve
@@ -30,14 +39,19 @@ __all__ = [
     "CURVE_FIGURE",
     "VALID_COLOR",
     "ReportError",
+    "comparison_html",
+    "comparison_markdown",
+    "comparison_rows",
     "csv_rows",
     "csv_text",
     "fine_pruning_table",
     "markdown_report",
     "markdown_table",
+    "plot_comparison",
     "plot_curve",
     "render_html",
     "result_json",
+    "write_comparison",
     "summary_json",
     "write_report",
 ]

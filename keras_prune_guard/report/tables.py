@@ -236,8 +236,9 @@ def settings(result: RepairResult) -> str:
         if result.fine_tune_images is not None:
             how.append(f"{result.fine_tune_images} images")
         data = f" on {result.fine_tune_data}" if result.fine_tune_data else ""
-        text += (f" B''_X is B'_X fine-tuned for up to {tuning.epochs} epochs{data} "
-                 f"({'; '.join(how)}) with the pruned channels kept at zero; G''_X is the "
+        up_to = "up to " if tuning.learning_rate is None else ""
+        text += (f" B''_X is B'_X fine-tuned for {up_to}{tuning.epochs} epochs{data} "
+                 f"({', '.join(how)}) with the pruned channels kept at zero; G''_X is the "
                  "GoodNet of B and B''_X.")
         if result.fine_tune_data == "the validation data":
             text += " B''_X's validation accuracy is measured on the clean data it was tuned on."
