@@ -106,3 +106,12 @@ def test_pruning_aware_badnet_hides_its_backdoor_behind_dormant_decoys(tmp_path)
     assert set(order[:len(decoys)].tolist()) == set(decoys.tolist())
     assert (means[decoys] == 0).all()
     assert model.get_layer(PRODUCER).get_weights()[1][decoys].max() < 0
+
+
+def test_training_is_deterministic_on_one_machine(patched, tmp_path):
+    from keras_prune_guard.benchmark import train_badnet
+
+    again = train_badnet(patched.root, tmp_path / "again.h5", epochs=2, attack="patch")
+    first = keras.saving.load_model(patched.model)
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)

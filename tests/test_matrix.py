@@ -1,0 +1,82 @@
+"""The benchmark matrix, reduced: every attack x {pruning, fine-pruning} end to end.
+
+`keras-prune-guard benchmark` on a few identities trains one BadNet per attack, repairs
+it, re-scores every saved model from its file (the run fails if a figure differs) and
+writes the comparison report; these tests check that report against the saved models.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keras_prune_guard.benchmark.attacks import ATTACKS
+from keras_prune_guard.cli import main
+from keras_prune_guard.data import load_lab_h5, load_true_labels
+from keras_prune_guard.evaluate import evaluate, load_model_for_eval
+from keras_prune_guard.matrix import check_against_files
+from keras_prune_guard.results import RepairResult
+
+REDUCED = ["--identities", "10", "--per-identity", "10", "--epochs", "4",
+           "--fine-tune-epochs", "4"]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    cache, out = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("bench") / "out"
+    code = main(["benchmark", "--out", str(out), "--benchmark-cache", str(cache), *REDUCED])
+    assert code == 0
+    saved = json.loads((out / "comparison.json").read_text())
+    results = {a: RepairResult.from_dict(saved[a]) for a in ATTACKS}
+    return cache, out, results, saved["meta"]
+
+
+def _test_data(cache, attack):
+    root = next(cache.iterdir())
+    bd = root / ("bd/bd_test.h5" if attack in ("sunglasses", "pruning-aware")
+                 else f"bd-{attack}/bd_test.h5")
+    return load_lab_h5(root / "cl/test.h5"), load_lab_h5(bd), load_true_labels(bd)
+
+
+def test_every_attack_is_repaired_with_both_defenses(matrix):
+    _, out, results, meta = matrix
+    for attack in ATTACKS:
+        result = results[attack]
+        assert (out / attack / "manifest.json").is_file()
+        assert [r.threshold for r in result.rows] == [2.0, 4.0, 10.0]
+        for row in result.rows:
+            assert row.repaired.test_accuracy is not None and row.fine_tuned is not None
+            assert row.fine_tuned.choice is not None  # chosen on clean data, or B' kept
+        assert result.baseline.robust_accuracy is not None
+    assert "all equal" in meta["Checked"] and "Machine" in meta and "Time" in meta
+    for name in ("comparison.md", "comparison.html", "comparison.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_table_numbers_equal_what_the_saved_models_predict(matrix):
+    cache, out, results, _ = matrix
+    table = (out / "comparison.md").read_text()
+    for attack in ATTACKS:
+        test, poisoned, truth = _test_data(cache, attack)
+        row = results[attack].rows[-1]
+        tuned = row.fine_tuned
+        path = (tuned.files or row.files)["repaired_keras"]
+        scores = evaluate(load_model_for_eval(path), test, poisoned, true_labels=truth)
+        reported = tuned.repaired if tuned.files else row.repaired
+        assert scores.test_accuracy == reported.test_accuracy
+        assert scores.attack_success == reported.attack_success
+        assert scores.robust_accuracy == reported.robust_accuracy
+        line = next(t for t in table.splitlines() if t.startswith(f"| {attack} | B'' X=10"))
+        assert f"| {scores.test_accuracy:.2f} | {scores.attack_success:.2f} |" in line
+
+
+def test_a_report_figure_that_differs_from_its_model_is_caught(matrix):
+    cache, _, results, _ = matrix
+    test, poisoned, truth = _test_data(cache, "patch")
+    result = results["patch"]
+    assert check_against_files(result, test, poisoned, truth, result.num_classes, "patch") > 0
+    result.rows[0].goodnet.detection_rate += 1.0
+    with pytest.raises(ValueError, match=r"patch: the report differs from its saved models: "
+                                         r"G X=2 detection_rate"):
+        check_against_files(result, test, poisoned, truth, result.num_classes, "patch")
