@@ -55,27 +55,33 @@ def accuracy(model: keras.Model, data: Data) -> float:
 
 class _Epochs(keras.callbacks.Callback):
     """Scores the held-out data after every settled epoch; at the end restores the latest
-    epoch at or above `floor` (the most trained one the clean data accept), else the best."""
+    epoch at or above `floor` (the most trained one the clean data accept), else the best.
+
+    Only those two epochs' weights are kept in memory.
+    """
 
     def __init__(self, holdout: Data, spec: str, epochs: int, floor: float):
         super().__init__()
         self.holdout, self.spec, self.epochs, self.floor = holdout, spec, epochs, floor
         self.scores: dict[int, float] = {}
-        self.weights: dict[int, list] = {}
+        self._latest = self._best = None  # (epoch, weights)
 
     def on_epoch_end(self, epoch, logs=None):
-        if settled(self.spec, epoch + 1, self.epochs):
-            self.scores[epoch + 1] = accuracy(self.model, self.holdout)
-            self.weights[epoch + 1] = self.model.get_weights()
+        if not settled(self.spec, epoch + 1, self.epochs):
+            return
+        score = self.scores[epoch + 1] = accuracy(self.model, self.holdout)
+        if score >= self.floor:
+            self._latest = (epoch + 1, self.model.get_weights())
+        if self._best is None or score >= self.scores[self._best[0]]:
+            self._best = (epoch + 1, self.model.get_weights())
 
     @property
     def chosen(self) -> int:
-        accepted = [e for e, score in self.scores.items() if score >= self.floor]
-        return max(accepted) if accepted else max(self.scores, key=lambda e: (self.scores[e], e))
+        return (self._latest or self._best)[0]
 
     def on_train_end(self, logs=None):
-        self.model.set_weights(self.weights[self.chosen])
-        self.weights.clear()
+        self.model.set_weights((self._latest or self._best)[1])
+        self._latest = self._best = (self.chosen, None)
 
 
 def _reason_too_small(images: int, classes: int, config: FineTuneConfig) -> str | None:

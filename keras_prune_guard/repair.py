@@ -205,8 +205,9 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
         )
     if fine_tune.epochs and fine_tune_data is None and is_streamed(valid):
         raise ValueError(
-            "fine-tuning needs its data in memory, and valid is a streamed tf.data.Dataset: "
-            "pass fine_tune_data=(x, y) arrays (or valid as arrays)."
+            "fine-pruning (on unless FineTuneConfig(epochs=0)) needs its data in memory, and "
+            "valid is a streamed tf.data.Dataset: pass fine_tune_data=(x, y) arrays, valid as "
+            "arrays, or fine_tune=FineTuneConfig(epochs=0) to prune only."
         )
     data = _Data(
         valid=labelled_pairs(valid, "valid", num_classes),
