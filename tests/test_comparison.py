@@ -140,7 +140,8 @@ def test_goal_says_met_or_not_met_with_the_figures(figures, status):
     drop = 96.0 - figures["tuned_acc"]
     assert f"clean accuracy {figures['tuned_acc']:.2f}% (B 96.00%, drop {drop:.2f}" in lines[1]
     assert f"G'' detection {figures['detection']:.2f}%" in lines[1]
-    assert lines[2].startswith("  - X=4: not met — ASR 30.00% >= 5%")
+    # X=4 kept B': it is judged on B'_4's and G_4's figures, not on its own.
+    assert lines[2].startswith("  - X=4: not met — ASR 60.00% >= 5%")
 
 
 def test_goal_without_fine_pruning_is_not_judged(real_results):
