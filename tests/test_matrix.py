@@ -49,6 +49,9 @@ def test_every_attack_is_repaired_with_both_defenses(matrix):
             assert row.repaired.test_accuracy is not None and row.fine_tuned is not None
             assert row.fine_tuned.choice is not None  # chosen on clean data, or B' kept
         assert result.baseline.robust_accuracy is not None
+        report = (out / attack / "report" / "report.md").read_text()
+        assert "Robust accuracy R-Acc (%)" in report and "B'' R-Acc (%)" in report
+        assert "## What fine-pruning chose (on clean data only)" in report
     assert "all equal" in meta["Checked"] and "Machine" in meta and "Time" in meta
     for name in ("comparison.md", "comparison.html", "comparison.png"):
         assert (out / name).stat().st_size > 0

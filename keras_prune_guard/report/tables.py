@@ -292,19 +292,31 @@ def _comparison_scores(row: ThresholdResult, model: str) -> Scores | None:
             "G''": tuned.goodnet}[model]
 
 
+_LABELS = {"test_accuracy": "clean accuracy", "attack_success": "attack success",
+           "robust_accuracy": "R-Acc"}
+
+
+def _comparison_columns(result: RepairResult) -> tuple:
+    """`_COMPARISON`, plus B' and B'' robust accuracy when some row has it."""
+    robust = any((_comparison_scores(row, m) or Scores()).robust_accuracy is not None
+                 for row in result.rows if row.fine_tuned is not None for m in ("B'", "B''"))
+    return _COMPARISON + ((("B'", "robust_accuracy"), ("B''", "robust_accuracy"))
+                          if robust else ())
+
+
 def comparison(result: RepairResult) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of `fine_pruning_table` (no cells when nothing was fine-tuned)."""
+    columns = _comparison_columns(result)
     headers = ["X (% of baseline)" if result.config.relative else "X (points)",
                "Channels pruned"]
-    headers += [f"{model} {'clean accuracy' if key == 'test_accuracy' else 'attack success'} (%)"
-                for model, key in _COMPARISON]
+    headers += [f"{model} {_LABELS[key]} (%)" for model, key in columns]
     cells = []
     for row in result.rows:
         if row.fine_tuned is None:
             continue
         line = [threshold_name(row.threshold) + ("" if row.reached else " (not reached)"),
                 _cell("num_pruned", row.num_pruned, None, result.channels)]
-        for model, key in _COMPARISON:
+        for model, key in columns:
             value = getattr(_comparison_scores(row, model) or Scores(), key)
             line.append(MISSING if value is None else f"{value:.2f}")
         cells.append(line)
@@ -316,7 +328,8 @@ def fine_pruning_table(result: RepairResult | Mapping) -> str:
 
     Columns: X, channels pruned, then clean test accuracy and attack success rate of B'_X
     (pruned only), B''_X (pruned, then fine-tuned), G_X (GoodNet of B and B'_X) and G''_X
-    (GoodNet of B and B''_X). Only fine-tuned thresholds appear.
+    (GoodNet of B and B''_X), and, when measured, the robust accuracy (R-Acc) of B'_X and
+    B''_X. Only fine-tuned thresholds appear.
 
     Returns:
         The Markdown table ending with a newline, or "" when nothing was fine-tuned.
