@@ -165,6 +165,8 @@ def test_fine_tune_options_get_clear_errors(csaw_dir):
     done = cli("repair", "--weights", weights, "--valid", valid, "--fine-tune-schedules",
                "cyclic:1e-2", "step:1e-3")
     assert done.returncode == 2 and "Received: 'step:1e-3'" in done.stderr
+    done = cli("repair", "--weights", weights, "--valid", valid, "--stream")
+    assert done.returncode == 2 and "--fine-tune-epochs 0 to prune only" in done.stderr
     assert "Traceback" not in done.stderr
 
 

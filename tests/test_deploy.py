@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keras_prune_guard import GoodNetModel, deepid, export_goodnet, fine_tune, prune
 from keras_prune_guard.cli import main
-from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.data import load_lab_h5, load_true_labels
 from keras_prune_guard.evaluate import ServedModel, evaluate, load_model_for_eval
 from keras_prune_guard.export import ExportError
 from keras_prune_guard.models import load_network
@@ -413,7 +413,7 @@ def test_repair_writes_every_format_and_scores_them(csaw_dir, tmp_path, capsys):
     data = load_lab_h5(clean), load_lab_h5(poisoned)
     for suffix in FORMATS.values():
         scores = evaluate(load_model_for_eval(out / f"goodnet_X4{suffix}"), *data,
-                          flag_class=1283)
+                          flag_class=1283, true_labels=load_true_labels(poisoned))
         assert scores.to_dict() == row["goodnet"]
 
 

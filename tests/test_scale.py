@@ -154,7 +154,7 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
          "--test", str(csaw_dir / "real_clean_faces.h5"),
          "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5"),
          "--stream", "--activation-cache", str(cache), "--strategy", "mirrored",
-         "--thresholds", "4", "--out", str(out)],
+         "--thresholds", "4", "--fine-tune-epochs", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -181,7 +181,7 @@ def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys)
     with h5py.File(bad, "w") as f:
         f["data"], f["label"] = data, np.zeros(5, "int64")
     code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"), "--valid",
-                 str(bad), "--stream", "--out", str(tmp_path / "out")])
+                 str(bad), "--stream", "--fine-tune-epochs", "0", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{bad}: field `data`: found pixel values 100.0..512.0 in image 3" in err
