@@ -152,9 +152,14 @@ def choose_fine_tune(
         if tried.accepted:
             return Chosen(model, _chose(choice, tried, "the most aggressive schedule whose "
                                         "held-out accuracy is within the tolerance"))
-    if best[0].holdout_accuracy > choice.pruned_accuracy:
-        return Chosen(best[1], _chose(choice, best[0], "no schedule was within the tolerance; "
-                                      "kept the best held-out accuracy, above B''s"))
+    return _fallback(b_prime, choice, *best)
+
+
+def _fallback(b_prime, choice: FineTuneChoice, best: Candidate, model) -> Chosen:
+    """No schedule within the tolerance: the best held-out epoch if it beats B', else B'."""
+    if best.holdout_accuracy > choice.pruned_accuracy:
+        return Chosen(model, _chose(choice, best, "no schedule was within the tolerance; "
+                                    "kept the best held-out accuracy, above B''s"))
     choice.reason = "no schedule was within the tolerance nor above B''s held-out accuracy; " \
         "kept B'"
     return Chosen(b_prime, choice)

@@ -95,9 +95,13 @@ def run_matrix(attacks: Sequence[str], out: str | os.PathLike, config: PruneConf
     Returns:
         The comparison files written (`report.comparison.write_comparison`).
     """
-    from keras_prune_guard.report.comparison import write_comparison
+    from keras_prune_guard.report.comparison import COMPARISON_FILES, write_comparison
 
     out = Path(out)
+    for name in COMPARISON_FILES.values():  # a failed run must not leave an old comparison
+        if (out / name).is_file():           # beside new attack folders
+            (out / name).replace(out / f"{name}.previous")
+            print(f"benchmark: moved the previous {out / name} to {name}.previous")
     results, seconds, checked = {}, {}, 0
     start = time.perf_counter()
     for attack in attacks:

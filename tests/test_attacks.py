@@ -55,6 +55,14 @@ def test_unknown_attack_is_named_in_the_error():
         ensure_benchmark("unused", attack="glasses", log=None)
 
 
+def test_pruning_aware_needs_deepid_and_says_so_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"pruning-aware attack .* needs "
+                                         r"architecture='deepid'; received 'resnet'"):
+        ensure_benchmark(tmp_path / "cache", attack="pruning-aware", architecture="resnet",
+                         log=None)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_each_attack_has_its_own_model_key():
     keys = {model_key("deepid", 12, a) for a in ATTACKS}
     assert len(keys) == len(ATTACKS)

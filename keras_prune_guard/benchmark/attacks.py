@@ -41,8 +41,8 @@ TRIGGERS = {"sunglasses": "sunglasses", "patch": "patch", "blend": "blend",
 _SPLITS = ("bd_train", "bd_valid", "bd_test")
 
 
-def check_attack(attack: str, argument: str = "attack") -> str:
-    """Returns `attack` if it is one of `ATTACKS`, else raises naming the argument.
+def check_attack(attack: str, argument: str = "attack", architecture: str = "deepid") -> str:
+    """Returns `attack` if it is one of `ATTACKS` (and fits `architecture`), else raises.
 
     Example:
 
@@ -51,6 +51,10 @@ def check_attack(attack: str, argument: str = "attack") -> str:
     """
     if attack not in ATTACKS:
         raise ValueError(f"{argument} must be one of {', '.join(ATTACKS)}; received {attack!r}")
+    if attack == "pruning-aware" and architecture != "deepid":
+        raise ValueError("the pruning-aware attack lowers the biases of the convolution "
+                         f"before pool_3, so it needs architecture='deepid'; received "
+                         f"{architecture!r}")
     return attack
 
 

@@ -224,7 +224,7 @@ def ensure_benchmark(
     """
     say = log or (lambda _msg: None)
     build_badnet(architecture, 2)  # an unknown architecture fails before any work
-    check_attack(attack)
+    check_attack(attack, architecture=architecture)
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = base / benchmark_key(identities, per_identity_train, valid_per_identity,
                                 test_per_identity, poison_fraction, target, seed)
