@@ -78,18 +78,21 @@ def fine_tune(
 
     The copy keeps B''s `ChannelMask`; the mask is a non-trainable weight, so the
     pruned channels stay exactly zero through training while every other weight
-    may change. B' itself is never modified. The optimizer is Adam whose
-    learning rate decays from `config.learning_rate` to 0 along a cosine over all
-    the steps (so a large rate ends on a settled network rather than mid-jump), the
-    loss sparse categorical cross-entropy. Training is seeded
+    may change. B' itself is never modified. With `config.learning_rate=None` (the
+    default) the schedule is chosen on a held-out part of `data`
+    (`choice.choose_fine_tune`, with B''s own held-out accuracy as the reference; `repair`
+    uses B's); with a number, Adam's rate decays from it to 0 along a cosine over all
+    the steps, on all of `data`. The loss is sparse categorical cross-entropy, the images
+    augmented as `config.augment` says. Training is seeded
     (`keras.utils.set_random_seed(config.seed)`, which also seeds Python and NumPy).
 
     Args:
         b_prime: the pruned network B', a functional model holding one `ChannelMask`.
         data: clean training data `(x, y)`: images (N, H, W, C) in the model's pixel
             range (raw 0..255 for every model this package builds), integer labels.
-        config: epochs (>= 1 here), learning rate, batch size and seed
-            (`FineTuneConfig`). Defaults to `None` (fields from `**options`).
+        config: epochs (>= 1 here), learning rate or schedules, augmentation, batch
+            size and seed (`FineTuneConfig`). Defaults to `None` (fields from
+            `**options`).
         validation: optional clean `(x, y)` monitored by `fit` (reported in
             `model.history`). Defaults to `None`.
         verbose: `fit`'s verbosity. Defaults to 0.
