@@ -234,10 +234,10 @@ class FineTuneConfig(_Serialisable):
 
     By default the learning-rate schedule is chosen on clean data alone
     (`choice.choose_fine_tune`): `holdout` of the clean data is set aside, each of
-    `schedules` (most aggressive first) trains a copy of B' on the rest, the best
-    epoch by held-out accuracy is restored, and the first schedule whose held-out
-    accuracy is within `tolerance` points of B's is kept. With fewer than
-    `min_per_class` clean images per class nothing is trained and B' is kept.
+    `schedules` (most aggressive first) trains a copy of B' on the rest, scored on the
+    held-out part after each settled epoch, and the first schedule with an epoch within
+    `tolerance` points of B's held-out accuracy is kept, at its latest such epoch. With
+    fewer than `min_per_class` clean images per class nothing is trained and B' is kept.
 
     Args:
         epochs: training epochs of each schedule tried; 0 means pruning only.
@@ -279,7 +279,7 @@ class FineTuneConfig(_Serialisable):
         "first whose held-out clean accuracy is within --fine-tune-tolerance of B's is kept"})
     holdout: float = field(default=0.2, metadata={
         "cli": "--fine-tune-holdout", "help": "share of the clean data held out to choose "
-        "the schedule and its best epoch"})
+        "the schedule and its epoch"})
     tolerance: float = field(default=3.0, metadata={
         "cli": "--fine-tune-tolerance", "help": "largest drop of held-out clean accuracy "
         "below B's accepted, in points"})
