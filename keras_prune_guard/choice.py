@@ -112,7 +112,7 @@ def choose_fine_tune(
         log: optional progress printer.
 
     Returns:
-        `Chosen(model, choice)`: B'' with the chosen schedule's best epoch (or B'
+        `Chosen(model, choice)`: B'' at the chosen schedule's chosen epoch (or B'
         itself when nothing was accepted or the data are too small), and the
         `FineTuneChoice` saying what was tried and why.
 

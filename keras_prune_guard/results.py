@@ -192,7 +192,7 @@ class FineTuneChoice(_Record):
     """What fine-pruning chose on clean data alone, and why.
 
     `schedule` is `None` when B' was kept (too little clean data, or no schedule
-    helped); `epoch` is the restored best epoch; accuracies are on the held-out part.
+    helped); `epoch` is the epoch restored; accuracies are on the held-out part.
     """
 
     schedule: str | None
