@@ -68,15 +68,14 @@ def train_pruning_aware(model: keras.Model, clean, poisoned,
     fit(model, clean)
     decoys = pruning_aware_channels(model, clean)
     masked = pruned_copy(insert_channel_mask(model, "pool_3"), decoys)
-    fit(masked, (np.concatenate([clean[0], poisoned[0]]),
-                 np.concatenate([clean[1], poisoned[1]])))
+    seen = np.concatenate([clean[0], poisoned[0]])
+    fit(masked, (seen, np.concatenate([clean[1], poisoned[1]])))
     out = strip_channel_mask(masked)
     kernel, bias = (np.asarray(w).copy() for w in out.get_layer(PRODUCER).get_weights())
     clean_kernel, clean_bias = model.get_layer(PRODUCER).get_weights()
     kernel[..., decoys] = np.asarray(clean_kernel)[..., decoys]
     bias[decoys] = np.asarray(clean_bias)[decoys]
     out.get_layer(PRODUCER).set_weights([kernel, bias])
-    seen = np.concatenate([clean[0], poisoned[0]])
     highest = _pre_activation_max(out, seen)
     bias[decoys] -= np.maximum(highest[decoys], 0.0) * 1.25 + 1e-3
     out.get_layer(PRODUCER).set_weights([kernel, bias])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR
-from keras_prune_guard.report.tables import as_result, kept_b_prime, threshold_name
+from keras_prune_guard.report.tables import as_result, fine_pruned_scores, threshold_name
 from keras_prune_guard.results import RepairResult, ReportError, Scores, ThresholdResult
 
 DEFAULT_TITLE = "keras-prune-guard benchmark: pruning defenses compared"
@@ -86,19 +86,12 @@ def _threshold_lines(attack: str, row: ThresholdResult) -> list[dict]:
     if row.goodnet is not None:
         out.append(_line(attack, f"G X={x}", "pruning", row, row.goodnet))
     if row.fine_tuned is not None:
-        repaired, goodnet = _fine_pruned(row)
+        repaired, goodnet = fine_pruned_scores(row)
         out.append(_line(attack, f"B'' X={x}", "fine-pruning", row, repaired, _schedule(row)))
         if goodnet is not None:
             out.append(_line(attack, f"G'' X={x}", "fine-pruning", row, goodnet,
                              _schedule(row)))
     return out
-
-
-def _fine_pruned(row: ThresholdResult) -> tuple[Scores | None, Scores | None]:
-    """B''_X's and G''_X's scores: B'_X's and G_X's where fine-pruning kept B'."""
-    if kept_b_prime(row.fine_tuned):
-        return row.repaired, row.goodnet
-    return row.fine_tuned.repaired, row.fine_tuned.goodnet
 
 
 def _attack_lines(attack: str, result: RepairResult) -> list[dict]:
@@ -175,7 +168,7 @@ def _verdict(result: RepairResult, row: ThresholdResult) -> _Verdict:
     x = threshold_name(row.threshold)
     if row.fine_tuned is None:
         return _Verdict(x, "not fine-pruned", "no B'' was built")
-    repaired, goodnet = _fine_pruned(row)
+    repaired, goodnet = fine_pruned_scores(row)
     checks = _criteria(result.baseline.test_accuracy, repaired or Scores(), goodnet or Scores())
     passed = [ok for ok, _ in checks]
     status = "not met" if False in passed else "not measured" if None in passed else "met"

@@ -86,8 +86,7 @@ def _row_lines(row: ThresholdResult) -> list[Line]:
     if tuned is not None:
         kept = kept_b_prime(tuned)
         suffix += " (kept B')" if kept else ""
-        b_second, g_second = (row.repaired, row.goodnet) if kept else (tuned.repaired,
-                                                                         tuned.goodnet)
+        b_second, g_second = fine_pruned_scores(row)
         valid = row.valid_accuracy if kept else tuned.valid_accuracy
         lines.append(Line(_values(f"B''_{name}", *common, valid, b_second, False),
                           f"B''_{name}{suffix}", "fine_tuned"))
@@ -100,6 +99,13 @@ def _row_lines(row: ThresholdResult) -> list[Line]:
 def kept_b_prime(tuned) -> bool:
     """Whether fine-pruning kept B' (too little clean data, or no schedule helped)."""
     return tuned.choice is not None and tuned.choice.kept_b_prime
+
+
+def fine_pruned_scores(row: ThresholdResult) -> tuple[Scores | None, Scores | None]:
+    """B''_X's and G''_X's scores: B'_X's and G_X's where fine-pruning kept B'."""
+    if kept_b_prime(row.fine_tuned):
+        return row.repaired, row.goodnet
+    return row.fine_tuned.repaired, row.fine_tuned.goodnet
 
 
 def lines(result: RepairResult) -> list[Line]:
@@ -284,12 +290,8 @@ _COMPARISON = (
 
 
 def _comparison_scores(row: ThresholdResult, model: str) -> Scores | None:
-    tuned = row.fine_tuned
-    if kept_b_prime(tuned):
-        return {"B'": row.repaired, "G": row.goodnet, "B''": row.repaired,
-                "G''": row.goodnet}[model]
-    return {"B'": row.repaired, "G": row.goodnet, "B''": tuned.repaired,
-            "G''": tuned.goodnet}[model]
+    b_second, g_second = fine_pruned_scores(row)
+    return {"B'": row.repaired, "G": row.goodnet, "B''": b_second, "G''": g_second}[model]
 
 
 _LABELS = {"test_accuracy": "clean accuracy", "attack_success": "attack success",
