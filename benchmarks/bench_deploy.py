@@ -109,9 +109,9 @@ def runners(goodnet, folder: Path) -> tuple[dict, dict]:
     """`({format: callable}, {format: bytes})`, exporting the GoodNet to `folder`."""
     import tensorflow as tf
 
-    from keras_prune_guard.evaluate import ServedModel
-    from keras_prune_guard.export import export_goodnet
-    from keras_prune_guard.runtimes import LiteRTModel, OnnxModel
+    from keras_prune_guard.deploy.evaluate import ServedModel
+    from keras_prune_guard.deploy.export import export_goodnet
+    from keras_prune_guard.deploy.runtimes import LiteRTModel, OnnxModel
 
     keras_file = folder / "goodnet.keras"
     goodnet.save(keras_file)

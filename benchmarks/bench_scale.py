@@ -60,7 +60,7 @@ def make_file(path: Path, count: int, csaw: Path) -> dict:
     import h5py
     import numpy as np
 
-    from keras_prune_guard.atomic import atomic_path
+    from keras_prune_guard._fs.atomic import atomic_path
 
     images, labels, _, source = _source_faces(csaw)
     if path.is_file():
@@ -97,10 +97,10 @@ def run_mode(mode: str, args) -> dict:
     """One mode in this process: load B, warm up, time ranking + sweep; returns measurements."""
     import numpy as np
 
-    from keras_prune_guard.data import lab_h5_dataset, load_lab_h5
-    from keras_prune_guard.models import deepid, load_network
-    from keras_prune_guard.surgery import insert_channel_mask
-    from keras_prune_guard.sweep import sweep
+    from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
+    from keras_prune_guard.model.loading import deepid, load_network
+    from keras_prune_guard.model.surgery import insert_channel_mask
+    from keras_prune_guard.pruning.sweep import sweep
 
     _, _, weights, _ = _source_faces(Path(args.csaw))
     if weights is not None:

@@ -80,7 +80,7 @@ def load_case(csaw: Path, count: int):
     weights = csaw / "lab3_bd_weights.h5"
     faces = csaw / "real_clean_faces.h5"
     if weights.is_file() and faces.is_file():
-        from keras_prune_guard.models import deepid
+        from keras_prune_guard.model.loading import deepid
 
         model = deepid()
         model.load_weights(str(weights))
@@ -89,7 +89,7 @@ def load_case(csaw: Path, count: int):
         return model, x, y, f"lab3 BadNet, {len(images)} real faces of {faces} tiled"
     try:
         from keras_prune_guard.benchmark import ensure_benchmark
-        from keras_prune_guard.models import load_network
+        from keras_prune_guard.model.loading import load_network
     except ImportError as err:
         raise SystemExit(
             f"{csaw} has no lab3_bd_weights.h5/real_clean_faces.h5, and the built-in benchmark "
@@ -116,11 +116,11 @@ def run_setup(name: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from keras_prune_guard.goodnet import GoodNetModel
-    from keras_prune_guard.prune import prune
-    from keras_prune_guard.ranking import channel_ranking, compiled_forward
-    from keras_prune_guard.surgery import find_channel_mask, insert_channel_mask, split_at_mask
-    from keras_prune_guard.sweep import sweep
+    from keras_prune_guard.model.goodnet import GoodNetModel
+    from keras_prune_guard.pruning.prune import prune
+    from keras_prune_guard.pruning.ranking import channel_ranking, compiled_forward
+    from keras_prune_guard.model.surgery import find_channel_mask, insert_channel_mask, split_at_mask
+    from keras_prune_guard.pruning.sweep import sweep
 
     model, x, y, source = load_case(Path(args.csaw), args.images)
     loaded_kib = _rss_kib()

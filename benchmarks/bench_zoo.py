@@ -4,7 +4,7 @@ Run from the project root:
 
     python benchmarks/bench_zoo.py [--images 256] [--models resnet50,vgg16] [--json out.json]
 
-Per model of `keras_prune_guard.benchmark.zoo.ZOO` (keras.applications at 32x32 with
+Per model of `tests/support/zoo.py` ZOO (keras.applications at 32x32 with
 random weights, Sequential, nested backbones, BatchNorm with logits, subclassed), in this
 process, each timed once with `time.perf_counter` after a warm-up on a few images (which
 traces the compiled functions):
@@ -52,7 +52,7 @@ from keras_prune_guard import (  # noqa: E402
     split_at_mask,
     sweep,
 )
-from keras_prune_guard.benchmark.zoo import ZOO, spread_head, zoo_images  # noqa: E402
+from support.zoo import ZOO, spread_head, zoo_images  # noqa: E402
 
 THRESHOLD = 30.0
 #: Orders and thresholds as in tests/test_zoo.py (the default order where it is short).

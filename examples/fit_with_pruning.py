@@ -23,7 +23,7 @@ from keras_prune_guard import (
     load_network,
 )
 from keras_prune_guard.benchmark import ensure_benchmark
-from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.data.files import load_lab_h5
 
 
 def main() -> None:

@@ -12,14 +12,23 @@ Importing the package registers `ChannelMask` and `GoodNetModel` with Keras, so
 
 from keras_prune_guard.callbacks import PruningCallback
 from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
-from keras_prune_guard.evaluate import evaluate
-from keras_prune_guard.export import export_goodnet, save_model, save_plain_h5
-from keras_prune_guard.finetune import fine_tune
-from keras_prune_guard.goodnet import GoodNetModel
+from keras_prune_guard.defend.finetune import fine_tune
+from keras_prune_guard.deploy.evaluate import evaluate
+from keras_prune_guard.deploy.export import export_goodnet, save_model, save_plain_h5
 from keras_prune_guard.layers import ChannelMask
-from keras_prune_guard.models import deepid, load_network
-from keras_prune_guard.prune import PruningResult, prune
-from keras_prune_guard.ranking import channel_ranking, rank_channels
+from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.model.loading import deepid, load_network
+from keras_prune_guard.model.surgery import (
+    find_channel_mask,
+    insert_channel_mask,
+    last_pooling_layer,
+    pruned_copy,
+    split_at_mask,
+    strip_channel_mask,
+)
+from keras_prune_guard.pruning.prune import PruningResult, prune
+from keras_prune_guard.pruning.ranking import channel_ranking, rank_channels
+from keras_prune_guard.pruning.sweep import sweep
 from keras_prune_guard.repair import repair
 from keras_prune_guard.results import (
     CurvePoint,
@@ -29,15 +38,6 @@ from keras_prune_guard.results import (
     SweepResult,
     ThresholdResult,
 )
-from keras_prune_guard.surgery import (
-    find_channel_mask,
-    insert_channel_mask,
-    last_pooling_layer,
-    pruned_copy,
-    split_at_mask,
-    strip_channel_mask,
-)
-from keras_prune_guard.sweep import sweep
 
 __version__ = "0.2.0"
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
 
-from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.config import PruneConfig, RunOptions, options_from
-from keras_prune_guard.prune import PruningResult, legacy_data, prune
+from keras_prune_guard.data.checks import labelled_pairs
+from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
+from keras_prune_guard.pruning.prune import PruningResult, legacy_data, prune
+from keras_prune_guard.pruning.sweep import sweep
 from keras_prune_guard.results import SweepResult
-from keras_prune_guard.surgery import find_channel_mask, pruned_copy
-from keras_prune_guard.sweep import sweep
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -77,7 +79,6 @@ class PruningCallback(keras.callbacks.Callback):
             )
         if filepath is not None:
             _check_template(filepath)
-        from keras_prune_guard.inputs import labelled_pairs
 
         self.valid = labelled_pairs(valid, "valid")
         self.fine_tune_at = thresholds[-1] if fine_tune_at is None else float(fine_tune_at)
@@ -106,7 +107,6 @@ class PruningCallback(keras.callbacks.Callback):
 
 
 def _quiet(run: RunOptions) -> RunOptions:
-    import dataclasses
 
     return dataclasses.replace(run, verbose=0)
 

@@ -23,6 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import absl.logging
+import keras
+
+from keras_prune_guard.defend.schedules import parse_schedule
+
 #: Pruning orders by mean activation: least active first (the Fine-Pruning paper, the
 #: public lab solutions) or most active first (the lab handout's literal words).
 ORDERS = ("ascending", "descending")
@@ -296,7 +301,6 @@ class FineTuneConfig(_Serialisable):
         "cli": "--fine-tune-seed", "help": "random seed of the hold-out split and shuffling"})
 
     def __post_init__(self):
-        from keras_prune_guard.schedules import parse_schedule
 
         _positive_int("epochs", self.epochs, minimum=0)
         lr = self.learning_rate
@@ -359,12 +363,10 @@ class RunOptions:
         """Prints `message` when `verbose` (through absl when Keras logs non-interactively)."""
         if not self.verbose:
             return
-        import keras
 
         if keras.config.is_interactive_logging_enabled():
             print(message, flush=True)
         else:
-            import absl.logging
 
             absl.logging.info(message)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 
-from keras_prune_guard.choice import choose_fine_tune
+from keras_prune_guard._fs.outputs import RunFolder, run_folder
 from keras_prune_guard.config import (
     FineTuneConfig,
     PruneConfig,
@@ -23,21 +23,24 @@ from keras_prune_guard.config import (
     deprecated,
     options_from,
 )
-from keras_prune_guard.evaluate import check_true_labels, evaluate
-from keras_prune_guard.export import (
+from keras_prune_guard.data.checks import check_model_on, first_images, is_streamed, labelled_pairs
+from keras_prune_guard.defend.choice import choose_fine_tune
+from keras_prune_guard.defend.finetune import check_data, fine_tune
+from keras_prune_guard.deploy.evaluate import check_true_labels, evaluate
+from keras_prune_guard.deploy.export import (
     FORMATS,
     check_formats,
     export_goodnet,
     save_model,
     save_plain_h5,
 )
-from keras_prune_guard.finetune import check_data, fine_tune
-from keras_prune_guard.goodnet import GoodNetModel
-from keras_prune_guard.inputs import check_model_on, first_images, is_streamed, labelled_pairs
-from keras_prune_guard.outputs import RunFolder, run_folder
-from keras_prune_guard.prune import prune
+from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.model.surgery import channel_layer
+from keras_prune_guard.pruning.prune import prune
+from keras_prune_guard.report import markdown_table
+from keras_prune_guard.report import write_report as write_files
+from keras_prune_guard.report.saliency import comparison_figure
 from keras_prune_guard.results import Baseline, FineTuned, RepairResult, Scores, ThresholdResult
-from keras_prune_guard.surgery import channel_layer
 
 
 @dataclass
@@ -364,13 +367,10 @@ def fine_tune_row(model, b_prime, tag: str, folder: RunFolder, data: _Data,
 def write_report(result: RepairResult, folder: RunFolder, figure_models: dict, data: _Data,
                  trigger_region, run: RunOptions) -> RepairResult:
     """Draws the saliency figure (with test and poisoned images) and stages every report file."""
-    from keras_prune_guard.report import markdown_table
-    from keras_prune_guard.report import write_report as write_files
 
     report_dir = folder.staging / "report"
     figures = {}
     if data.test is not None and data.poisoned is not None:
-        from keras_prune_guard.saliency import comparison_figure
 
         clean_images, bd_images = first_images(data.test, 64), first_images(data.poisoned, 64)
         pairs = min(len(clean_images), len(bd_images))

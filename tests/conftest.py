@@ -44,7 +44,7 @@ def real_sunglasses(csaw_dir) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture()
 def lab3_model(csaw_dir):
     """The lab3 BadNet B (raw 0..255 pixels), a fresh copy per test."""
-    from keras_prune_guard.models import deepid
+    from keras_prune_guard.model.loading import deepid
 
     model = deepid()
     model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))

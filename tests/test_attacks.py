@@ -19,8 +19,8 @@ from keras_prune_guard.benchmark.attacks import (
     check_attack,
 )
 from keras_prune_guard.benchmark.pruning_aware import PRODUCER, _pre_activation_max
-from keras_prune_guard.data import load_lab_h5, load_true_labels
-from keras_prune_guard.ranking import channel_ranking
+from keras_prune_guard.data.files import load_lab_h5, load_true_labels
+from keras_prune_guard.pruning.ranking import channel_ranking
 
 SMALL = dict(identities=8, per_identity_train=10, valid_per_identity=3, test_per_identity=3)
 

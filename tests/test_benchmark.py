@@ -27,7 +27,7 @@ from keras_prune_guard.benchmark import (
     sunglasses_mask,
     train_badnet,
 )
-from keras_prune_guard.data import load_lab_h5
+from keras_prune_guard.data.files import load_lab_h5
 
 TINY = dict(identities=5, per_identity_train=4, valid_per_identity=2, test_per_identity=3)
 

@@ -7,12 +7,17 @@ import pytest
 
 from keras_prune_guard import FineTuneConfig, find_channel_mask, prune
 from keras_prune_guard.benchmark import ensure_benchmark
-from keras_prune_guard.choice import choose_fine_tune, split_holdout
-from keras_prune_guard.data import load_lab_h5
-from keras_prune_guard.finetune import augmentation, fine_tune
-from keras_prune_guard.models import load_network
+from keras_prune_guard.data.files import load_lab_h5
+from keras_prune_guard.defend.choice import choose_fine_tune, split_holdout
+from keras_prune_guard.defend.finetune import augmentation, fine_tune
+from keras_prune_guard.defend.schedules import (
+    CyclicSchedule,
+    build_schedule,
+    parse_schedule,
+    settled,
+)
+from keras_prune_guard.model.loading import load_network
 from keras_prune_guard.results import FineTuneChoice, RepairResult
-from keras_prune_guard.schedules import CyclicSchedule, build_schedule, parse_schedule, settled
 
 SMALL = dict(identities=8, per_identity_train=10, valid_per_identity=6, test_per_identity=3)
 

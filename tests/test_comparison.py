@@ -12,8 +12,8 @@ from matplotlib.image import imread
 
 from keras_prune_guard.benchmark import ensure_benchmark
 from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
-from keras_prune_guard.data import load_lab_h5
-from keras_prune_guard.models import load_network
+from keras_prune_guard.data.files import load_lab_h5
+from keras_prune_guard.model.loading import load_network
 from keras_prune_guard.repair import repair
 from keras_prune_guard.report.comparison import (
     COLUMNS,

@@ -21,7 +21,7 @@ from keras_prune_guard import (
     repair,
     sweep,
 )
-from keras_prune_guard.cli import build_parser, config_from_args, main
+from keras_prune_guard.cli.parser import build_parser, config_from_args, main
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_labels_are_checked_in_the_api_as_in_the_cli(lab3_model, real_clean):
 
 
 def test_the_callback_takes_a_stream_like_prune(lab3_model, csaw_dir, real_clean):
-    from keras_prune_guard.data import lab_h5_dataset
+    from keras_prune_guard.data.files import lab_h5_dataset
 
     config, quiet = PruneConfig(thresholds=[4]), RunOptions(verbose=0)
     stream = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 50)

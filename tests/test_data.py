@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from keras_prune_guard.data import (
+from keras_prune_guard.data.files import (
     DataError,
     h5_info,
     iter_lab_h5,

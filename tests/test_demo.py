@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import keras_prune_guard  # noqa: F401  (registers ChannelMask for load_model)
-from keras_prune_guard.data import load_lab_h5
-from keras_prune_guard.evaluate import ServedModel
+from keras_prune_guard.data.files import load_lab_h5
+from keras_prune_guard.deploy.evaluate import ServedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

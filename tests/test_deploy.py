@@ -20,12 +20,12 @@ import pytest
 import tensorflow as tf
 
 from keras_prune_guard import GoodNetModel, deepid, export_goodnet, fine_tune, prune
-from keras_prune_guard.cli import main
-from keras_prune_guard.data import load_lab_h5, load_true_labels
-from keras_prune_guard.evaluate import ServedModel, evaluate, load_model_for_eval
-from keras_prune_guard.export import ExportError
-from keras_prune_guard.models import load_network
-from keras_prune_guard.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel
+from keras_prune_guard.cli.parser import main
+from keras_prune_guard.data.files import load_lab_h5, load_true_labels
+from keras_prune_guard.deploy.evaluate import ServedModel, evaluate, load_model_for_eval
+from keras_prune_guard.deploy.export import ExportError
+from keras_prune_guard.deploy.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel
+from keras_prune_guard.model.loading import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = {"savedmodel": "", "onnx": ".onnx", "litert": ".tflite"}

@@ -41,13 +41,13 @@ def run_devices(csaw: Path) -> dict:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from keras_prune_guard.data import lab_h5_dataset, load_lab_h5
-    from keras_prune_guard.evaluate import evaluate, predict_classes
-    from keras_prune_guard.goodnet import GoodNetModel
-    from keras_prune_guard.models import deepid
-    from keras_prune_guard.ranking import channel_ranking
-    from keras_prune_guard.surgery import insert_channel_mask, pruned_copy, split_at_mask
-    from keras_prune_guard.sweep import sweep
+    from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
+    from keras_prune_guard.deploy.evaluate import evaluate, predict_classes
+    from keras_prune_guard.model.goodnet import GoodNetModel
+    from keras_prune_guard.model.loading import deepid
+    from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy, split_at_mask
+    from keras_prune_guard.pruning.ranking import channel_ranking
+    from keras_prune_guard.pruning.sweep import sweep
 
     model = deepid()
     model.load_weights(str(csaw / "lab3_bd_weights.h5"))
@@ -94,11 +94,11 @@ def run_worker(csaw: Path) -> dict:
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    from keras_prune_guard.data import lab_h5_dataset, load_lab_h5
-    from keras_prune_guard.evaluate import evaluate
-    from keras_prune_guard.models import deepid
-    from keras_prune_guard.surgery import insert_channel_mask
-    from keras_prune_guard.sweep import sweep
+    from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
+    from keras_prune_guard.deploy.evaluate import evaluate
+    from keras_prune_guard.model.loading import deepid
+    from keras_prune_guard.model.surgery import insert_channel_mask
+    from keras_prune_guard.pruning.sweep import sweep
 
     model = deepid()
     model.load_weights(str(csaw / "lab3_bd_weights.h5"))

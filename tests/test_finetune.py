@@ -15,8 +15,8 @@ from keras_prune_guard import (
     prune,
     repair,
 )
-from keras_prune_guard.evaluate import ServedModel, evaluate
-from keras_prune_guard.finetune import DEFAULT_LEARNING_RATE, fine_tune
+from keras_prune_guard.defend.finetune import DEFAULT_LEARNING_RATE, fine_tune
+from keras_prune_guard.deploy.evaluate import ServedModel, evaluate
 from keras_prune_guard.report import csv_rows, fine_pruning_table
 
 
@@ -109,7 +109,7 @@ def test_fine_tune_rejects_bad_arguments(lab3_model, b_prime, real_clean):
 
 
 def test_default_fine_pruning_chooses_its_schedule_and_matches_the_cli():
-    from keras_prune_guard.cli import build_parser
+    from keras_prune_guard.cli.parser import build_parser
 
     args = build_parser().parse_args(["demo"])
     assert FineTuneConfig().learning_rate is None is args.fine_tune_learning_rate
@@ -135,7 +135,7 @@ def test_default_repair_keeps_b_prime_when_clean_data_are_too_few(lab3_model, re
 @pytest.fixture(scope="module")
 def fine_pruned(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
     """repair() with one epoch of fine-tuning per threshold, on the real lab3 files."""
-    from keras_prune_guard.models import deepid
+    from keras_prune_guard.model.loading import deepid
 
     model = deepid()
     model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))

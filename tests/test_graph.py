@@ -1,11 +1,11 @@
-"""Tracing a model's layer graph, nested models inlined (keras_prune_guard.graph)."""
+"""Tracing a model's layer graph, nested models inlined (keras_prune_guard.model.graph)."""
 
 import keras
 import numpy as np
 import pytest
 
 from keras_prune_guard import deepid
-from keras_prune_guard.graph import flatten_nested, is_graph_model, leaf_layers, trace
+from keras_prune_guard.model.graph import flatten_nested, is_graph_model, leaf_layers, trace
 
 
 def nested_model():

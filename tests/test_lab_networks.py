@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_prune_guard import GoodNetModel, PruneConfig, RunOptions, load_network, repair
-from keras_prune_guard.data import load_lab_h5
-from keras_prune_guard.saliency import saliency_maps
+from keras_prune_guard.data.files import load_lab_h5
+from keras_prune_guard.report.saliency import saliency_maps
 
 NETWORKS = [  # file stem, input scale, clean faces of 120 B classifies correctly
     ("lab3", "raw", 119),

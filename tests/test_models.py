@@ -10,14 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard.models import (
+from keras_prune_guard.model.loading import (
     deepid,
     image_shape_of,
     lambda_layers,
     load_network,
     num_classes_of,
 )
-from keras_prune_guard.surgery import find_channel_mask, insert_channel_mask
+from keras_prune_guard.model.surgery import find_channel_mask, insert_channel_mask
 
 HACKML = "hackml2020_sunglasses_bd_weights.h5"
 # The order of the lab's files (Keras 2 wrote conv_4 before fc_1), unlike deepid().layers.

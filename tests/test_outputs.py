@@ -1,4 +1,4 @@
-"""One run owns an output folder (keras_prune_guard.outputs), and file inputs checked early.
+"""One run owns an output folder (keras_prune_guard._fs.outputs), and file inputs checked early.
 
 Real files throughout: real `repair` runs on the lab3 network, real SIGKILLs, a real
 10,000 x 10,000 PNG. Processes that only commit files (or only read an image) load the
@@ -25,11 +25,7 @@ import numpy as np
 import pytest
 
 import keras_prune_guard  # noqa: F401  (registers ChannelMask and GoodNetModel)
-from keras_prune_guard.cli import main as cli_main
-from keras_prune_guard.data import DataError, load_images
-from keras_prune_guard.evaluate import ServedModel, load_model_for_eval
-from keras_prune_guard.models import load_network, unknown_classes
-from keras_prune_guard.outputs import (
+from keras_prune_guard._fs.outputs import (
     COMMIT_DIR,
     MANIFEST,
     FolderBusyError,
@@ -41,6 +37,10 @@ from keras_prune_guard.outputs import (
     run_folder,
     verify_folder,
 )
+from keras_prune_guard.cli.parser import main as cli_main
+from keras_prune_guard.data.files import DataError, load_images
+from keras_prune_guard.deploy.evaluate import ServedModel, load_model_for_eval
+from keras_prune_guard.model.loading import load_network, unknown_classes
 from keras_prune_guard.repair import repair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def run_cli(argv: list[str], timeout=600) -> subprocess.CompletedProcess:
 
 
 def light_python(code: str, *args: str, timeout=120) -> subprocess.CompletedProcess:
-    """Runs `code` with `keras_prune_guard.outputs`/`.data` importable without Keras."""
+    """Runs `code` with `keras_prune_guard._fs.outputs`/`.data` importable without Keras."""
     prelude = ("import sys, types\n"
                "pkg = types.ModuleType('keras_prune_guard')\n"
                f"pkg.__path__ = [{str(PKG)!r}]\n"
@@ -231,7 +231,7 @@ def test_a_failed_run_leaves_the_previous_output_and_no_folder_it_made(runs, tmp
 COMMIT_CHILD = """
 import os, shutil, signal, sys
 from pathlib import Path
-from keras_prune_guard import outputs
+from keras_prune_guard._fs import outputs
 out, source, kill_at, exchange = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 steps = [0]
 
@@ -491,7 +491,7 @@ def test_repair_api_checks_out_dir_before_the_sweep(lab3_model, real_clean, tmp_
 
 HOLDER = """
 import sys, time
-from keras_prune_guard import outputs
+from keras_prune_guard._fs import outputs
 with outputs.run_folder(sys.argv[1], log=lambda text: None):
     print("holding", flush=True)
     time.sleep(60)
@@ -704,7 +704,7 @@ def big_png(tmp_path_factory) -> Path:
 
 RSS_CHILD = """
 import resource, sys, time
-from keras_prune_guard.data import DataError, load_images
+from keras_prune_guard.data.files import DataError, load_images
 shape = None if sys.argv[2] == "none" else (55, 47, 3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

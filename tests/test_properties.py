@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from keras_prune_guard.data import DataError, iter_lab_h5, load_lab_h5
+from keras_prune_guard.data.files import DataError, iter_lab_h5, load_lab_h5
 from keras_prune_guard.layers import ChannelMask
 
 SETTINGS = settings(max_examples=40, deadline=None,

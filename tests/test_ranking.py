@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_prune_guard import insert_channel_mask, split_at_mask
-from keras_prune_guard.ranking import (
+from keras_prune_guard.pruning.ranking import (
     activation_means,
     channel_ranking,
     collect_activations,
@@ -94,7 +94,7 @@ def test_activation_means_sum_in_float64_batch_by_batch():
 
 
 def test_collect_activations_of_a_streamed_file(lab3_model, csaw_dir, real_clean):
-    from keras_prune_guard.data import lab_h5_dataset
+    from keras_prune_guard.data.files import lab_h5_dataset
 
     head, _ = split_at_mask(insert_channel_mask(lab3_model))
     acts, labels = collect_activations(head, lab_h5_dataset(csaw_dir / "real_clean_faces.h5",

@@ -46,11 +46,11 @@ import pytest
 import tensorflow as tf
 
 import keras_prune_guard  # noqa: F401  (registers ChannelMask and GoodNetModel)
-from keras_prune_guard import atomic
-from keras_prune_guard.atomic import atomic_path, clean_stale
-from keras_prune_guard.cli import main as cli_main
-from keras_prune_guard.data import write_lab_h5
-from keras_prune_guard.evaluate import ServedModel, evaluate, predict_classes
+from keras_prune_guard._fs import atomic
+from keras_prune_guard._fs.atomic import atomic_path, clean_stale
+from keras_prune_guard.cli.parser import main as cli_main
+from keras_prune_guard.data.files import write_lab_h5
+from keras_prune_guard.deploy.evaluate import ServedModel, evaluate, predict_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "keras-prune-guard repair: error: "
@@ -337,7 +337,7 @@ def _kill_when(proc: subprocess.Popen, out: Path, ready, timeout=300.0) -> str:
 def _writing(pid: int, name: str, inside: str):
     """Kill point: `.tmp-<pid>-<name>*` exists and its payload has begun (`inside` exists).
 
-    Runs write into their staging folder `.tmp-<pid>-run-*` (keras_prune_guard.outputs), so
+    Runs write into their staging folder `.tmp-<pid>-run-*` (keras_prune_guard._fs.outputs), so
     the write is looked for there; the staging folder is the entry returned.
     """
     def ready(out: Path):
@@ -428,7 +428,7 @@ def test_folder_replace_never_leaves_the_final_name_missing(tmp_path):
     probe = [tmp_path / "probe_a", tmp_path / "probe_b"]
     for folder in probe:
         folder.mkdir()
-    if not atomic._exchange(*probe):
+    if not atomic.exchange(*probe):
         pytest.skip("no renameat2(RENAME_EXCHANGE) here: the two-rename fallback has a window")
     for folder in probe:
         folder.rmdir()
@@ -459,13 +459,13 @@ def test_exchange_swaps_two_folders_in_one_step(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _write_folder(a, "A")
     _write_folder(b, "B")
-    if not atomic._exchange(a, b):
+    if not atomic.exchange(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; the fallback is used")
     assert (a / "saved_model.pb").read_text() == "B" and (b / "saved_model.pb").read_text() == "A"
 
 
 def test_fallback_replace_and_failures_keep_the_previous_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # as on macOS or Windows
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)  # as on macOS or Windows
     final = tmp_path / "goodnet_X4"
     _write_folder(final, "old")
     with pytest.raises(RuntimeError, match="export failed"):

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_prune_guard.saliency import (
+from keras_prune_guard.model.surgery import (
+    find_channel_mask,
+    insert_channel_mask,
+    split_at_mask,
+    strip_channel_mask,
+)
+from keras_prune_guard.report.saliency import (
     METHODS,
     comparison_figure,
     gradcam_layer,
     make_visualizer,
     saliency_maps,
     trigger_share,
-)
-from keras_prune_guard.surgery import (
-    find_channel_mask,
-    insert_channel_mask,
-    split_at_mask,
-    strip_channel_mask,
 )
 
 GLASSES = (15, 35, 0, 47)  # image rows 15..34, every column: where the sunglasses go

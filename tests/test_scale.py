@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 from keras_prune_guard import insert_channel_mask, prune
-from keras_prune_guard.activations import ActivationCache, MappedArray, collect
-from keras_prune_guard.data import lab_h5_dataset
-from keras_prune_guard.evaluate import evaluate
-from keras_prune_guard.surgery import split_at_mask
-from keras_prune_guard.sweep import sweep
+from keras_prune_guard.data.files import lab_h5_dataset
+from keras_prune_guard.deploy.evaluate import evaluate
+from keras_prune_guard.model.surgery import split_at_mask
+from keras_prune_guard.pruning.activations import ActivationCache, MappedArray, collect
+from keras_prune_guard.pruning.sweep import sweep
 
 SHAPE = (55, 47, 3)
 
@@ -24,7 +24,7 @@ def masked(lab3_model):
 @pytest.fixture(scope="module")
 def in_memory(csaw_dir, real_clean, real_sunglasses):
     """The reference: the whole sweep from arrays in memory, activations in RAM."""
-    from keras_prune_guard.models import deepid
+    from keras_prune_guard.model.loading import deepid
 
     model = deepid()
     model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
@@ -173,7 +173,7 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
 def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys):
     import h5py
 
-    from keras_prune_guard.cli import main
+    from keras_prune_guard.cli.parser import main
 
     data = np.full((5, 3, 55, 47), 100.0, dtype="float32")
     data[3, 0, 10, 10] = 512.0  # read only when its batch comes through tf.data

@@ -11,7 +11,7 @@ from keras_prune_guard import (
     split_at_mask,
     strip_channel_mask,
 )
-from keras_prune_guard.surgery import pruned_copy
+from keras_prune_guard.model.surgery import pruned_copy
 
 
 def test_last_pooling_layer_of_deepid():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from keras_prune_guard import find_channel_mask, insert_channel_mask
-from keras_prune_guard.sweep import check_thresholds, sweep
+from keras_prune_guard.pruning.sweep import check_thresholds, sweep
 
 
 @pytest.fixture()

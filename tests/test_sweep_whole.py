@@ -1,13 +1,13 @@
-"""The whole-model sweep (keras_prune_guard.sweep_whole): same SweepResult as the fast path."""
+"""The whole-model sweep (pruning/sweep_whole.py): the same SweepResult as the fast path."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support.zoo import ZOO, zoo_data
 
 from keras_prune_guard import find_channel_mask, insert_channel_mask, sweep
-from keras_prune_guard.benchmark.zoo import ZOO, zoo_data
-from keras_prune_guard.sweep_whole import sweep_whole
+from keras_prune_guard.pruning.sweep_whole import sweep_whole
 
 
 @pytest.fixture(scope="module")

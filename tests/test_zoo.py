@@ -1,7 +1,7 @@
 """The model zoo (issue 13): the whole defense on every kind of Keras classifier it supports.
 
 Per model (keras.applications at 32x32 with random weights, Sequential, nested backbones,
-BatchNorm with logits, subclassed with its own mask; see `keras_prune_guard.benchmark.zoo`):
+BatchNorm with logits, subclassed with its own mask; see `tests/support/zoo.py`):
 the default mask location, the fast sweep against the naive one at every step, the GoodNet's
 sharing and size, the plain export (no custom objects), the SavedModel and the saliency maps.
 The large networks are swept busiest channels first (`order="descending"`) so that they reach
@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support.zoo import ZOO, ZOO_CLASSES, zoo_data
 
 from keras_prune_guard import (
     GoodNetModel,
@@ -34,9 +35,8 @@ from keras_prune_guard import (
     strip_channel_mask,
     sweep,
 )
-from keras_prune_guard.benchmark.zoo import ZOO, ZOO_CLASSES, zoo_data
-from keras_prune_guard.data import write_lab_h5
-from keras_prune_guard.saliency import gradcam_layer, saliency_maps
+from keras_prune_guard.data.files import write_lab_h5
+from keras_prune_guard.report.saliency import gradcam_layer, saliency_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
 THRESHOLD = 30.0
@@ -312,8 +312,8 @@ def test_repair_cli_on_a_saved_nested_model(tmp_path):
 
 
 def test_repair_cli_refuses_a_subclassed_model_clearly(tmp_path):
-    from keras_prune_guard import commands
-    from keras_prune_guard.cli import build_parser
+    from keras_prune_guard.cli import commands
+    from keras_prune_guard.cli.parser import build_parser
 
     ZOO["subclassed"].build().save(tmp_path / "sub.keras")  # its class is registered here
     write_lab_h5(tmp_path / "valid.h5", np.zeros((2, 32, 32, 3)), np.zeros(2))

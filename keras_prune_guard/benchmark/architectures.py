@@ -14,7 +14,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from keras_prune_guard.models import DEEPID_INPUT_SHAPE, deepid
+from keras_prune_guard.model.loading import DEEPID_INPUT_SHAPE, deepid
 
 #: Filters of the small ResNet's three stages (the mask covers the last one's).
 RESNET_FILTERS = (16, 32, 64)

@@ -22,10 +22,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.benchmark.dataset import FILES, read_info
 from keras_prune_guard.benchmark.trigger import apply_sunglasses, bounding_box
-from keras_prune_guard.data import write_lab_h5
+from keras_prune_guard.data.files import write_lab_h5
 
 #: The attacks `demo --attack` and `benchmark` know, the default first.
 ATTACKS = ("sunglasses", "patch", "blend", "pruning-aware")

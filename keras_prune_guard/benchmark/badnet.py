@@ -11,13 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.benchmark.architectures import build_badnet
 from keras_prune_guard.benchmark.attacks import attack_files, check_attack, ensure_attack_files
 from keras_prune_guard.benchmark.dataset import FILES, read_info
 from keras_prune_guard.benchmark.pruning_aware import train_pruning_aware
-from keras_prune_guard.data import load_lab_h5
-from keras_prune_guard.evaluate import evaluate
+from keras_prune_guard.data.files import load_lab_h5
+from keras_prune_guard.deploy.evaluate import evaluate
 from keras_prune_guard.results import Scores
 
 #: Epochs that reach >= 90% clean accuracy and >= 95% attack success at the default size.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.benchmark.architectures import build_badnet
 from keras_prune_guard.benchmark.attacks import (
     attack_files,
@@ -149,7 +149,7 @@ def _lock(folder: Path) -> Iterator[None]:
     """Serialises builders of one cache folder across processes (POSIX only)."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # posix only: elsewhere builders are not serialised
     except ImportError:  # Windows: no lock; atomic writes still keep every file whole
         yield
         return

@@ -18,7 +18,8 @@ import keras
 import numpy as np
 
 from keras_prune_guard.config import PruneConfig, RunOptions
-from keras_prune_guard.surgery import insert_channel_mask, pruned_copy, strip_channel_mask
+from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy, strip_channel_mask
+from keras_prune_guard.pruning.sweep import sweep
 
 #: How far the attacker prunes its clean network, in points of its own clean accuracy.
 ATTACKER_DROP = 4.0
@@ -30,7 +31,6 @@ _RANKING_IMAGES = 2000
 
 def pruning_aware_channels(model: keras.Model, clean) -> list[int]:
     """The pool_3 channels the attacker prunes: least active first, to `ATTACKER_DROP`."""
-    from keras_prune_guard.sweep import sweep
 
     x, y = clean
     rows = np.random.default_rng(0).permutation(len(x))[:_RANKING_IMAGES]

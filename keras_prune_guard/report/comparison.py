@@ -17,7 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from keras_prune_guard.atomic import atomic_path
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR
 from keras_prune_guard.report.tables import as_result, fine_pruned_scores, threshold_name
 from keras_prune_guard.results import RepairResult, ReportError, Scores, ThresholdResult
@@ -427,8 +430,6 @@ def plot_comparison(results: Mapping[str, RepairResult], path: str | os.PathLike
     >>> plot_comparison({"patch": result, "blend": other}, "comparison.png")
     PosixPath('comparison.png')
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     checked = _checked(results)
     empty = [attack for attack, result in checked.items() if not result.curve]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from keras_prune_guard.atomic import atomic_path
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.report.html import CURVE_FIGURE, check_images, render_html
 from keras_prune_guard.report.plot import plot_curve
 from keras_prune_guard.report.tables import as_result, csv_text, markdown_report

@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from keras_prune_guard.report.tables import as_result, threshold_name
 from keras_prune_guard.results import RepairResult, ReportError
 
@@ -55,8 +58,6 @@ def plot_curve(result: RepairResult | Mapping, path: str | os.PathLike | io.IOBa
     >>> plot_curve(result, "pruning_curve.png")
     PosixPath('pruning_curve.png')
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     result = as_result(result)
     if not result.curve:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_prune_guard.atomic import atomic_path
-from keras_prune_guard.goodnet import GoodNetModel
-from keras_prune_guard.surgery import strip_channel_mask
+from keras_prune_guard._fs.atomic import atomic_path
+from keras_prune_guard.deploy.evaluate import ServedModel, check_images
+from keras_prune_guard.deploy.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel, require
+from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.model.surgery import strip_channel_mask
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
@@ -85,7 +88,6 @@ def check_formats(formats, what: str = "formats") -> tuple[str, ...]:
     >>> check_formats(["savedmodel", "onnx"])
     ('savedmodel', 'onnx')
     """
-    from keras_prune_guard.runtimes import require
 
     if isinstance(formats, str):
         formats = [formats]
@@ -250,7 +252,6 @@ def check_export_path(path: str | os.PathLike, format: str) -> Path:
 
 
 def _checked_images(goodnet: GoodNetModel, images) -> np.ndarray:
-    from keras_prune_guard.evaluate import check_images
 
     if images is None:
         return self_check_images(goodnet.image_shape)
@@ -262,7 +263,6 @@ def _checked_images(goodnet: GoodNetModel, images) -> np.ndarray:
 
 
 def _convert(goodnet: GoodNetModel, tmp: Path, path: Path, format: str, options: dict) -> None:
-    from keras_prune_guard.runtimes import MissingRuntimeError
 
     try:
         _WRITERS[format](goodnet, tmp, options)
@@ -281,9 +281,7 @@ def _write_savedmodel(goodnet: GoodNetModel, tmp: Path, options: dict) -> None:
 
 
 def _write_onnx(goodnet: GoodNetModel, tmp: Path, options: dict) -> None:
-    import tensorflow as tf
 
-    from keras_prune_guard.runtimes import require
 
     tf2onnx = require("tf2onnx", "onnx", f"{tmp.name}: writing ONNX files")
     spec = tf.TensorSpec((None, *goodnet.image_shape), tf.float32, name="images")
@@ -309,7 +307,6 @@ def _name_onnx_output(proto, name: str) -> None:
 
 
 def _write_litert(goodnet: GoodNetModel, tmp: Path, options: dict) -> None:
-    import tensorflow as tf
 
     options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}, **options}
     goodnet.export(str(tmp), format="litert", verbose=False, **options)
@@ -319,15 +316,12 @@ _WRITERS = {"savedmodel": _write_savedmodel, "onnx": _write_onnx, "litert": _wri
 
 
 def _load(tmp: Path, format: str):
-    from keras_prune_guard.evaluate import ServedModel
-    from keras_prune_guard.runtimes import LiteRTModel, OnnxModel
 
     return {"savedmodel": ServedModel, "onnx": OnnxModel, "litert": LiteRTModel}[format](tmp)
 
 
 def _self_check(tmp: Path, path: Path, format: str, x, expected, atol: float) -> None:
     """Raises `ExportError` unless the model at `tmp` loads and agrees with `expected`."""
-    from keras_prune_guard.runtimes import MissingRuntimeError
 
     where = RUNTIME_NAMES[format]
     try:

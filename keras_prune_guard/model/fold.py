@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from keras_prune_guard.graph import PATH_SEP, Graph, LayerCall, is_pooling, trace
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.model.graph import PATH_SEP, Graph, LayerCall, is_pooling, trace
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _CONV_TRANSPOSE = (

@@ -58,8 +58,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from keras_prune_guard.atomic import TMP_PREFIX, _alive, _exchange, clean_stale
-from keras_prune_guard.paths import file_above, path_problem
+from keras_prune_guard._fs.atomic import TMP_PREFIX, alive, clean_stale, exchange
+from keras_prune_guard._fs.paths import file_above, path_problem
 
 #: The file listing a folder's run: its id and every file and folder it wrote.
 MANIFEST = "manifest.json"
@@ -186,7 +186,7 @@ def _check_path(out: Path, argument: str) -> Path:
 def _lock(out: Path, argument: str, log: Log) -> int | None:
     """Locks `out` (flock on the folder itself); `None` where the system cannot."""
     try:
-        import fcntl
+        import fcntl  # posix only: elsewhere the folder is not locked
     except ImportError:  # Windows
         log(f"Warning: {argument} {out}: no flock on this system, so nothing stops two runs "
             "from writing this folder at once; run one at a time.")
@@ -227,10 +227,10 @@ def _holder(out: Path, attempts: int = 20) -> int | None:
         with contextlib.suppress(OSError):
             for name in sorted(os.listdir(out)):
                 match = _STAGING.match(name)
-                if match and _alive(int(match["pid"])):
+                if match and alive(int(match["pid"])):
                     return int(match["pid"])
         pending = _read_json(out / COMMIT_DIR / MANIFEST)
-        if pending and isinstance(pending.get("pid"), int) and _alive(pending["pid"]):
+        if pending and isinstance(pending.get("pid"), int) and alive(pending["pid"]):
             return pending["pid"]
         time.sleep(0.05)
     return None
@@ -500,12 +500,12 @@ def _pending_text(out: Path, subject: Path | None = None) -> str:
     pending = _read_json(out / COMMIT_DIR / MANIFEST) or {}
     run, pid = pending.get("run_id", "?"), pending.get("pid")
     head = f"{out}: " if subject is None else f"{subject}: in its folder {out}, "
-    if isinstance(pid, int) and _alive(pid) and pid != os.getpid():
+    if isinstance(pid, int) and alive(pid) and pid != os.getpid():
         return (f"{head}run {run} (pid {pid}) is moving its files into place right now; "
                 "expected one complete run (try again in a moment).")
     return (f"{head}the commit of run {run} was interrupted, so the folder may mix two runs; "
             f"expected one complete run. The next `keras-prune-guard repair --out {out}` "
-            f"finishes it first, as does keras_prune_guard.outputs.recover({str(out)!r}).")
+            f"finishes it first, as does keras_prune_guard._fs.outputs.recover({str(out)!r}).")
 
 
 def verify_folder(out_dir: str | os.PathLike) -> Verified:
@@ -594,7 +594,7 @@ def _replace(src: Path, dst: Path) -> None:
 
 
 def _swap(a: Path, b: Path) -> bool:
-    return _exchange(a, b)
+    return exchange(a, b)
 
 
 def _delete(path: Path) -> None:

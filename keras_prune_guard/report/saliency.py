@@ -11,10 +11,13 @@ from typing import Any
 
 import keras
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from keras_prune_guard.atomic import atomic_path
-from keras_prune_guard.graph import as_functional, flatten_nested, is_graph_model
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.model.graph import as_functional, flatten_nested, is_graph_model
 
 #: Methods understood by `saliency_maps`.
 METHODS = ("saliency", "smoothgrad", "gradcam")
@@ -108,6 +111,7 @@ def make_visualizer(model: keras.Model, method: str = "saliency") -> Any:
             f"Model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} "
             "outputs; saliency maps need exactly one of each."
         )
+    # tf-keras-vis imports scipy and more (seconds): only when a map is drawn.
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
@@ -182,7 +186,7 @@ def saliency_maps(
             f"smooth_samples={smooth_samples}, smooth_noise={smooth_noise}"
         )
 
-    from tf_keras_vis.utils.scores import CategoricalScore
+    from tf_keras_vis.utils.scores import CategoricalScore  # costly import, as above
 
     vis = make_visualizer(model, method)
     maps = []
@@ -389,9 +393,6 @@ def comparison_figure(
 
 
 def _draw(models, clean, triggered, maps, predictions, region, method, title):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     k, names = len(clean), list(models)
     ncols, nrows = 1 + len(names), 2 * k

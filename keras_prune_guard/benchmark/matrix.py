@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keras_prune_guard.config import FineTuneConfig, PruneConfig
-from keras_prune_guard.evaluate import evaluate, load_model_for_eval
+from keras_prune_guard.deploy.evaluate import evaluate, load_model_for_eval
+from keras_prune_guard.report.comparison import COMPARISON_FILES, write_comparison
 from keras_prune_guard.results import RepairResult, Scores
 
 #: Scores fields compared between the report and the saved models.
@@ -95,7 +96,6 @@ def run_matrix(attacks: Sequence[str], out: str | os.PathLike, config: PruneConf
     Returns:
         The comparison files written (`report.comparison.write_comparison`).
     """
-    from keras_prune_guard.report.comparison import COMPARISON_FILES, write_comparison
 
     out = Path(out)
     for name in COMPARISON_FILES.values():  # a failed run must not leave an old comparison

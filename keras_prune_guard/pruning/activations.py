@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.distribute import compiled_forward, map_batches
-from keras_prune_guard.inputs import is_streamed
+from keras_prune_guard.data.checks import is_streamed
+from keras_prune_guard.data.distribute import compiled_forward, map_batches
 
 
 class MappedArray:

@@ -15,8 +15,8 @@ import h5py
 import keras
 from keras import layers
 
-from keras_prune_guard.paths import path_problem
-from keras_prune_guard.surgery import as_functional, copy_weights_by_name
+from keras_prune_guard._fs.paths import path_problem
+from keras_prune_guard.model.surgery import as_functional, copy_weights_by_name
 
 #: Input shape of the CSAW-HackML DeepID network (height, width, channels).
 DEEPID_INPUT_SHAPE = (55, 47, 3)

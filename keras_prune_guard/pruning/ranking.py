@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard.config import ORDERS
-from keras_prune_guard.distribute import batches, compiled_forward
+from keras_prune_guard.data.distribute import batches, compiled_forward
+from keras_prune_guard.pruning.activations import collect
 
 #: Means closer than this share of the largest |mean| are ties (broken by channel index).
 TIE_TOLERANCE = 1e-6
@@ -39,7 +40,6 @@ def collect_activations(
 
     >>> acts, labels = collect_activations(head, (x_valid, y_valid))
     """
-    from keras_prune_guard.activations import collect
 
     with collect(head, data, batch_size=batch_size, strategy=strategy) as acts:
         return acts.values, acts.labels
@@ -148,7 +148,6 @@ def channel_ranking(
     >>> head, _ = split_at_mask(insert_channel_mask(model))
     >>> ranking, means = channel_ranking(head, x_valid)
     """
-    from keras_prune_guard.activations import collect
 
     # The sweep's own pass (activations.collect), so the two can never rank differently.
     with collect(head, data, batch_size=batch_size, strategy=strategy) as acts:

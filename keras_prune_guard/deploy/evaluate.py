@@ -9,14 +9,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_prune_guard._fs.outputs import check_entry
+from keras_prune_guard._fs.paths import path_problem
 from keras_prune_guard.config import deprecated
-from keras_prune_guard.distribute import batches, compiled_forward, map_batches
-from keras_prune_guard.inputs import (  # noqa: F401 (check_images, input_shape_of: 0.1)
+from keras_prune_guard.data.checks import (  # noqa: F401 (check_images, input_shape_of: 0.1)
     check_images,
+    check_labels,
     check_model_on,
     input_shape_of,
     is_streamed,
 )
+from keras_prune_guard.data.distribute import batches, compiled_forward, map_batches
+from keras_prune_guard.deploy.runtimes import load_runtime_model
+from keras_prune_guard.model.loading import load_network
 from keras_prune_guard.results import Scores
 
 
@@ -81,8 +86,6 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
             SavedModel, a model that does not match its folder's manifest, or a
             file Keras cannot load.
     """
-    from keras_prune_guard.outputs import check_entry
-    from keras_prune_guard.paths import path_problem
 
     path = Path(path)
     check_entry(path)  # first: an entry may be missing only because a commit was interrupted
@@ -101,10 +104,8 @@ def load_model_for_eval(path: str | os.PathLike, *, safe_mode: bool = True):
                              f"written by `keras-prune-guard repair`).{hint}")
         return ServedModel(path)
     if path.suffix.lower() in (".onnx", ".tflite"):
-        from keras_prune_guard.runtimes import load_runtime_model
 
         return load_runtime_model(path)
-    from keras_prune_guard.models import load_network
 
     return load_network(path, safe_mode=safe_mode)
 
@@ -250,7 +251,6 @@ def evaluate(
 def check_true_labels(true_labels, count: int, what: str = "true_labels") -> np.ndarray:
     """The poisoned images' true classes as int64 (N,), one per poisoned image, -1 where
     unknown (as in the lab's real sunglasses file); robust accuracy counts the known ones."""
-    from keras_prune_guard.inputs import check_labels
 
     truth = np.asarray(true_labels)
     if truth.ndim == 1 and np.issubdtype(truth.dtype, np.integer) and len(truth) == count:

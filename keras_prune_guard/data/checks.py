@@ -9,7 +9,12 @@ pass, `check_images` checks images against a model before any prediction, and
 
 from __future__ import annotations
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+from keras_prune_guard.data.distribute import batches, compiled_forward
+from keras_prune_guard.data.files import check_labels as check_label_values
 
 
 def is_streamed(data) -> bool:
@@ -27,7 +32,6 @@ def is_streamed(data) -> bool:
 
 
 def _is_dataset(value) -> bool:
-    import tensorflow as tf
 
     return isinstance(value, tf.data.Dataset)
 
@@ -69,7 +73,6 @@ def check_labels(y, count: int, what: str, num_classes: int | None = None) -> np
     if len(y) != count:
         raise ValueError(f"{what}: images and labels differ in length: {count} images, "
                          f"{len(y)} labels; expected one label per image")
-    from keras_prune_guard.data import check_labels as check_label_values
 
     return check_label_values(what, y, num_classes=num_classes, field=None)
 
@@ -175,7 +178,6 @@ def first_images(data, count: int) -> np.ndarray:
     """The first `count` images of `(x, y)` arrays or of a stream of `(x, y)` batches."""
     if not is_streamed(data):
         return np.asarray(data[0][:count])
-    from keras_prune_guard.distribute import batches
 
     taken, total = [], 0
     for x, _ in batches(data):
@@ -213,9 +215,7 @@ def _first_batch(data, count: int):
 
 def _classes(model, x: np.ndarray) -> tuple[np.ndarray, bool]:
     """Predicted classes of `x` and whether every output was finite."""
-    import keras
 
-    from keras_prune_guard.distribute import compiled_forward
 
     if isinstance(model, keras.Model):
         forward = compiled_forward(model) if input_shape_of(model) is not None else (

@@ -8,9 +8,9 @@ import keras
 
 from keras_prune_guard.config import PruneConfig, RunOptions, deprecated, options_from
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy
+from keras_prune_guard.pruning.sweep import sweep
 from keras_prune_guard.results import SweepResult
-from keras_prune_guard.surgery import insert_channel_mask, pruned_copy
-from keras_prune_guard.sweep import sweep
 
 
 @dataclass

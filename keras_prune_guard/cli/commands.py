@@ -7,9 +7,15 @@ import time
 from functools import partial
 from pathlib import Path
 
-from keras_prune_guard.cli import config_from_args
+import tensorflow as tf
+
+from keras_prune_guard._fs.outputs import check_out_dir
+from keras_prune_guard.benchmark import ensure_benchmark
+from keras_prune_guard.benchmark.matrix import run_matrix
+from keras_prune_guard.cli.parser import config_from_args
 from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
-from keras_prune_guard.data import (
+from keras_prune_guard.data.checks import check_model_on
+from keras_prune_guard.data.files import (
     DataError,
     iter_lab_h5,
     lab_h5_dataset,
@@ -18,18 +24,27 @@ from keras_prune_guard.data import (
     load_lab_h5,
     load_true_labels,
 )
-from keras_prune_guard.evaluate import (
+from keras_prune_guard.deploy.evaluate import (
     evaluate,
     load_model_for_eval,
     predict_classes,
 )
-from keras_prune_guard.export import check_formats
-from keras_prune_guard.graph import is_graph_model
-from keras_prune_guard.inputs import check_model_on
-from keras_prune_guard.models import image_shape_of, load_network, num_classes_of
-from keras_prune_guard.outputs import check_out_dir
+from keras_prune_guard.deploy.export import (
+    CHECK_ATOL,
+    CHECK_IMAGE_COUNT,
+    FORMATS,
+    RUNTIME_NAMES,
+    check_export_path,
+    check_formats,
+    export_goodnet,
+)
+from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.model.graph import is_graph_model
+from keras_prune_guard.model.loading import image_shape_of, load_network, num_classes_of
+from keras_prune_guard.model.surgery import channel_layer
 from keras_prune_guard.repair import repair as run_repair
-from keras_prune_guard.surgery import channel_layer
+from keras_prune_guard.report import fine_pruning_table
+from keras_prune_guard.report.saliency import comparison_figure
 
 
 def _read_for(model, path: str | None):
@@ -55,14 +70,12 @@ def _stream_for(model, path: str | None):
 def _strategy(name: str):
     if name == "none":
         return None
-    import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
 
 
 def _data_errors(run):
     """Runs `run()`; a file error raised inside a tf.data pipeline becomes a `DataError` again."""
-    import tensorflow as tf
 
     try:
         return run()
@@ -171,15 +184,6 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
 
 def export(args: argparse.Namespace) -> int:
     """`keras-prune-guard export`: a GoodNet `.keras` file to a SavedModel, ONNX or LiteRT."""
-    from keras_prune_guard.export import (
-        CHECK_ATOL,
-        CHECK_IMAGE_COUNT,
-        FORMATS,
-        RUNTIME_NAMES,
-        check_export_path,
-        export_goodnet,
-    )
-    from keras_prune_guard.goodnet import GoodNetModel
 
     source = Path(args.model)
     if source.suffix.lower() != ".keras" or not source.is_file():
@@ -225,7 +229,6 @@ def demo(args: argparse.Namespace) -> int:
             print(f"  {path}: clean accuracy {scores.test_accuracy:.2f}%, "
                   f"attack success {scores.attack_success:.2f}%")
     if tuning.epochs:
-        from keras_prune_guard.report import fine_pruning_table
 
         print("Pruning only vs fine-pruning (clean test data / poisoned test data):")
         print(fine_pruning_table(result), end="")
@@ -242,7 +245,6 @@ def _repair_benchmark(args, attack: str, out, config, tuning, formats, architect
         `(result, test, poisoned, true_labels)`: the `RepairResult` and the test data it
         was scored on.
     """
-    from keras_prune_guard.benchmark import ensure_benchmark
 
     sizes = {"identities": args.identities, "per_identity_train": args.per_identity,
              "epochs": args.epochs}
@@ -270,7 +272,6 @@ def _kind(architecture: str) -> str:
 
 def benchmark(args: argparse.Namespace) -> int:
     """`keras-prune-guard benchmark`: every attack x {pruning, fine-pruning}, one report."""
-    from keras_prune_guard.matrix import run_matrix
 
     check_out_dir(args.out, argument="--out")
     config, tuning = _configs(args)
@@ -282,7 +283,6 @@ def benchmark(args: argparse.Namespace) -> int:
 
 def saliency(args: argparse.Namespace) -> int:
     """`keras-prune-guard saliency`: maps of each model on clean/triggered pairs."""
-    from keras_prune_guard.saliency import comparison_figure
 
     safe = not args.unsafe_deserialization
     models = {}

@@ -27,7 +27,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_prune_guard.activations import Activations, collect
 from keras_prune_guard.config import (
     DEFAULT_THRESHOLDS,
     KEEP_RULES,
@@ -36,16 +35,17 @@ from keras_prune_guard.config import (
     check_thresholds,
     options_from,
 )
-from keras_prune_guard.distribute import BlockRunner
-from keras_prune_guard.inputs import check_model_on, labelled_pairs, num_classes_or_none
-from keras_prune_guard.ranking import rank_channels
-from keras_prune_guard.results import CurvePoint, Snapshot, SweepResult
-from keras_prune_guard.surgery import (
+from keras_prune_guard.data.checks import check_model_on, labelled_pairs, num_classes_or_none
+from keras_prune_guard.data.distribute import BlockRunner, replicate
+from keras_prune_guard.model.surgery import (
     can_split_at_mask,
     find_channel_mask,
-    masked_layer_name,
     split_at_mask,
 )
+from keras_prune_guard.pruning.activations import Activations, collect
+from keras_prune_guard.pruning.steps import Steps
+from keras_prune_guard.pruning.sweep_whole import sweep_whole
+from keras_prune_guard.results import Snapshot, SweepResult
 
 
 class _TailClassifier:
@@ -62,7 +62,6 @@ class _TailClassifier:
         self.block = int(block)
         self.pool = None if strategy is not None else pool
         if strategy is not None:
-            from keras_prune_guard.distribute import replicate
 
             copy = replicate(tail, strategy)
             self._classify = BlockRunner(
@@ -146,10 +145,6 @@ class _StepPredictor:
         return results
 
 
-def _percent(pred: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(pred == labels) * 100.0)
-
-
 def sweep(
     model: keras.Model,
     valid,
@@ -216,7 +211,6 @@ def sweep(
     poisoned = None if poisoned is None else labelled_pairs(poisoned, "poisoned", classes)
     check_model_on(model, valid, "valid")  # meaningless figures refused before the pass
     if not can_split_at_mask(model):
-        from keras_prune_guard.sweep_whole import sweep_whole
 
         return sweep_whole(model, valid, config, poisoned=poisoned, run=run,
                            record_predictions=record_predictions, progress=progress)
@@ -239,7 +233,7 @@ def sweep(
                                                    p_acts.labels)
                 stats = {"activation_bytes_per_image": acts.bytes_per_image,
                          "activation_cache": "memory" if acts.cache.path is None else "file"}
-                steps = _Steps(_StepPredictor(classify, acts), bad, acts.labels, acts.means,
+                steps = Steps(_StepPredictor(classify, acts), bad, acts.labels, acts.means,
                                config, run, progress, stats)
                 return steps.run(model, record_predictions)
             finally:
@@ -247,122 +241,6 @@ def sweep(
                     p_acts.close()
     finally:
         pool.shutdown(wait=True)
-
-
-class _Steps:
-    """The sweep proper: the curve, step by step, and the snapshot of each threshold.
-
-    `clean` (and `bad`, for poisoned data) are step predictors: `pred` holds every
-    image's class before any pruning, `advance(channels)` prunes them in turn and
-    returns the classes after each, `load[c]` says how many images channel c touches
-    (steps share a call while their load is small) and `stats` counts the work.
-    """
-
-    def __init__(self, clean, bad, labels: np.ndarray, means: np.ndarray,
-                 config: PruneConfig, run: RunOptions, progress, stats: dict):
-        self.config, self.options, self.progress = config, run, progress
-        self.labels, self.means, self.extra_stats = labels, means, stats
-        self.ranking = rank_channels(means, config.order, config.tie_tolerance)
-        self.channels = len(means)
-        self.clean, self.bad = clean, bad
-        self.shown = -1
-
-    def _point(self, step: int, channel, acc: float, asr) -> CurvePoint:
-        return CurvePoint(step=step, channel=channel, num_pruned=step,
-                          fraction_pruned=step / self.channels, valid_accuracy=acc,
-                          attack_success=asr)
-
-    def _report(self, step: int, acc: float) -> None:
-        if self.progress is not None:
-            self.progress(step, self.channels, acc)
-        if step * 10 // self.channels != self.shown:
-            self.shown = step * 10 // self.channels
-            self.options.log(f"  step {step}/{self.channels}: validation accuracy {acc:.2f}%")
-
-    def run_steps(self, result: SweepResult, limits: dict, history) -> dict[float, int]:
-        """Prunes channels in ranking order until every threshold is passed (or all)."""
-        config, clean, bad = self.config, self.clean, self.bad
-        first_below: dict[float, int] = {}
-        load = clean.load
-        step, done = 0, False
-        while step < self.channels and not done:
-            # Several steps per call when each touches few images: fuller batches.
-            chunk = [int(self.ranking[step])]
-            while step + len(chunk) < self.channels and load[chunk].sum() < config.batch_size:
-                chunk.append(int(self.ranking[step + len(chunk)]))
-            clean_steps = clean.advance(chunk)
-            bad_steps = bad[0].advance(chunk) if bad else None
-            for j, channel in enumerate(chunk):
-                step += 1
-                acc = _percent(clean_steps[j], self.labels)
-                asr = _percent(bad_steps[j], bad[1]) if bad else None
-                result.curve.append(self._point(step, channel, acc, asr))
-                if history is not None:
-                    history.append(clean_steps[j])
-                for t in config.thresholds:
-                    if t not in first_below and acc <= limits[t] + 1e-9:
-                        first_below[t] = step
-                self._report(step, acc)
-                if not config.full_curve and len(first_below) == len(config.thresholds):
-                    done = True
-                    break
-        return first_below
-
-    def run(self, model: keras.Model, record_predictions: bool) -> SweepResult:
-        config, clean, bad = self.config, self.clean, self.bad
-        base = _percent(clean.pred, self.labels)
-        base_asr = _percent(bad[0].pred, bad[1]) if bad else None
-        result = SweepResult(
-            config=config,
-            layer=masked_layer_name(model),
-            channels=self.channels,
-            channel_order=[int(c) for c in self.ranking],
-            channel_means=[float(m) for m in self.means],
-            baseline_valid_accuracy=base,
-            baseline_attack_success=base_asr,
-        )
-        limits = {t: base * (1 - t / 100) if config.relative else base - t
-                  for t in config.thresholds}
-        for t in config.thresholds:
-            if limits[t] < 0:
-                result.warnings.append(
-                    f"threshold {t:g} asks for a drop below 0%: the original accuracy is "
-                    f"{base:.2f}%, so it can never be reached"
-                )
-        history = [clean.pred.copy()] if record_predictions else None
-        result.curve.append(self._point(0, None, base, base_asr))
-        first_below = self.run_steps(result, limits, history)
-        for t in config.thresholds:
-            result.snapshots[t] = self._snapshot(result, t, first_below.get(t))
-        if history is not None:
-            result.predictions = np.stack(history)
-        result.stats = dict(clean.stats, images=len(self.labels), **self.extra_stats)
-        if bad:
-            result.stats["poisoned"] = dict(bad[0].stats)
-        return result
-
-    def _snapshot(self, result: SweepResult, t: float, below: int | None) -> Snapshot:
-        reached = below is not None
-        if reached:
-            step = below if self.config.keep == "first_below" else below - 1
-        else:
-            step = len(result.curve) - 1
-            result.warnings.append(
-                f"threshold {t:g}: accuracy never fell {t:g} "
-                f"{'percent' if self.config.relative else 'points'} below the original "
-                f"{result.baseline_valid_accuracy:.2f}% after pruning all {step} channels; "
-                "the snapshot is the fully pruned network"
-            )
-        point = result.curve[step]
-        return Snapshot(
-            threshold=t,
-            reached=reached,
-            num_pruned=step,
-            fraction_pruned=step / self.channels,
-            pruned_channels=[int(c) for c in self.ranking[:step]],
-            valid_accuracy=point.valid_accuracy,
-            attack_success=point.attack_success,
-        )
 
 
 __all__ = ["DEFAULT_THRESHOLDS", "KEEP_RULES", "Snapshot", "SweepResult", "check_thresholds",

@@ -1,22 +1,15 @@
-"""Fine-pruning: train a pruned network B' on clean data, its mask frozen, giving B''."""
+"""Training a pruned network B' on clean data, its mask frozen: one seeded copy per schedule."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_prune_guard.config import (
-    AUGMENTATIONS,
-    DEFAULT_FINE_TUNE_BATCH_SIZE,
-    DEFAULT_LEARNING_RATE,
-    FineTuneConfig,
-    deprecated,
-)
-from keras_prune_guard.schedules import build_schedule
-from keras_prune_guard.surgery import find_channel_mask, pruned_copy
+from keras_prune_guard.config import FineTuneConfig
+from keras_prune_guard.defend.schedules import build_schedule
+from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
 
-# The defaults live in config.FineTuneConfig; restated here under their 0.1 names.
-DEFAULT_BATCH_SIZE = DEFAULT_FINE_TUNE_BATCH_SIZE
 #: Largest random shift of augmented fine-tuning, as a share of the height and width.
 SHIFT = 0.06
 
@@ -63,79 +56,6 @@ def check_data(model: keras.Model, data, what: str) -> Data:
             f"'{model.name}'. Received dtype {y.dtype}, range [{y.min()}, {y.max()}]."
         )
     return x, y.astype("int64")
-
-
-def fine_tune(
-    b_prime: keras.Model,
-    data,
-    config: FineTuneConfig | None = None,
-    *legacy,
-    validation: Data | None = None,
-    verbose: int = 0,
-    **options,
-) -> keras.Model:
-    """Fine-tunes an independent copy of the pruned network B' on clean data: B''.
-
-    The copy keeps B''s `ChannelMask`; the mask is a non-trainable weight, so the
-    pruned channels stay exactly zero through training while every other weight
-    may change. B' itself is never modified. With `config.learning_rate=None` (the
-    default) the schedule is chosen on a held-out part of `data`
-    (`choice.choose_fine_tune`, with B''s own held-out accuracy as the reference; `repair`
-    uses B's); with a number, Adam's rate decays from it to 0 along a cosine over all
-    the steps, on all of `data`. The loss is sparse categorical cross-entropy, the images
-    augmented as `config.augment` says. Training is seeded
-    (`keras.utils.set_random_seed(config.seed)`, which also seeds Python and NumPy).
-
-    Args:
-        b_prime: the pruned network B', a functional model holding one `ChannelMask`.
-        data: clean training data `(x, y)`: images (N, H, W, C) in the model's pixel
-            range (raw 0..255 for every model this package builds), integer labels.
-        config: epochs (>= 1 here), learning rate or schedules, augmentation, batch
-            size and seed (`FineTuneConfig`). Defaults to `None` (fields from
-            `**options`).
-        validation: optional clean `(x, y)` monitored by `fit` (reported in
-            `model.history`). Defaults to `None`.
-        verbose: `fit`'s verbosity. Defaults to 0.
-        **options: `FineTuneConfig` fields one by one (e.g. `epochs=5`).
-
-    Returns:
-        B'': a new compiled functional model named `<B' name>_ft`, with the same
-        pruned channels as B'; `b_second.history.history` holds the loss and
-        accuracy of every epoch.
-
-    Raises:
-        ValueError: `b_prime` has no (or several) `ChannelMask`, `epochs` is not a
-            positive integer, or the data do not fit the model.
-
-    Example:
-
-    >>> b_prime = prune(bad_model, (x_valid, y_valid)).snapshots[4.0]
-    >>> b_second = fine_tune(b_prime, (x_valid, y_valid), FineTuneConfig(epochs=5))
-    >>> pruned = find_channel_mask(b_prime).pruned_channels()
-    >>> find_channel_mask(b_second).pruned_channels() == pruned
-    True
-    """
-    if config is not None and not isinstance(config, FineTuneConfig):
-        deprecated("fine_tune(b_prime, x, y, ...)", "fine_tune(b_prime, (x, y), ...)")
-        data, config = (data, config), None
-    if legacy:
-        raise TypeError("fine_tune() takes (b_prime, data, config) and keyword options; "
-                        f"received {len(legacy)} extra positional argument(s)")
-    config = (config or FineTuneConfig()).replace(**options) if options else (
-        config or FineTuneConfig())
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be a positive integer. Received: epochs={config.epochs}")
-    find_channel_mask(b_prime)
-    x, y = check_data(b_prime, data, "fine-tuning data")
-    if validation is not None:
-        validation = check_data(b_prime, validation, "validation")
-
-    if config.learning_rate is None:
-        from keras_prune_guard.choice import choose_fine_tune
-
-        return choose_fine_tune(b_prime, (x, y), config).model
-    return train_copy(b_prime, (x, y), config, f"cosine:{config.learning_rate}",
-                      validation=validation, verbose=verbose)
 
 
 def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedule: str, *,
@@ -189,7 +109,6 @@ def augmentation(kind: str, seed: int) -> keras.Sequential | None:
 
 def _batches(data: Data, config: FineTuneConfig):
     """The training data as a seeded, shuffled, augmented `tf.data` pipeline."""
-    import tensorflow as tf
 
     x, y = data
     change = augmentation(config.augment, config.seed)
@@ -200,5 +119,4 @@ def _batches(data: Data, config: FineTuneConfig):
     return stream.map(lambda images, labels: (change(images, training=True), labels))
 
 
-__all__ = ["AUGMENTATIONS", "DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "FineTuneConfig",
-           "augmentation", "check_data", "fine_tune", "train_copy"]
+__all__ = ["SHIFT", "Data", "augmentation", "check_data", "train_copy"]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import dataclasses
 
 from keras_prune_guard.config import FineTuneConfig, PruneConfig
 
@@ -92,7 +91,6 @@ def add_config_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     A new `PruneConfig` field with `metadata={"help": ...}` is a new CLI option: nothing
     here names the fields. Values are checked by the configuration's constructor.
     """
-    import dataclasses
 
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -115,7 +113,6 @@ def add_config_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
 
 def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
     """The configuration `cls` built (and so checked) once from the parsed options."""
-    import dataclasses
 
     values = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
@@ -130,7 +127,7 @@ def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
                        "--fine-tune-epochs")
 
 
-#: keras_prune_guard.export.FORMATS, restated so that --help imports no Keras.
+#: keras_prune_guard.deploy.export.FORMATS, restated so that --help imports no Keras.
 EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
 
 
@@ -314,32 +311,3 @@ def build_parser() -> argparse.ArgumentParser:
     sal.add_argument("--unsafe-deserialization", action="store_true",
                      help="allow model files that run code when loaded")
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `keras-prune-guard` console script."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    for old, new in RENAMED_OPTIONS.items():
-        if any(a == old or a.startswith(old + "=") for a in argv):
-            print(f"keras-prune-guard: warning: {old} is deprecated since 0.2; use {new}",
-                  file=sys.stderr)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    # Quiet TensorFlow's C++ start-up chatter for CLI users (only here, never on import).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import absl.logging
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")  # retracing notes are not the user's concern
-    absl.logging.set_verbosity(absl.logging.ERROR)  # nor Keras's "legacy .h5" note
-    from keras_prune_guard import commands
-
-    try:
-        return getattr(commands, args.command)(args)
-    except (ValueError, OSError) as err:
-        print(f"keras-prune-guard {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,10 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard.config import PruneConfig, RunOptions, options_from
-from keras_prune_guard.distribute import batches
+from keras_prune_guard.data.distribute import batches
+from keras_prune_guard.model.surgery import find_channel_mask
+from keras_prune_guard.pruning.steps import Steps
 from keras_prune_guard.results import SweepResult
-from keras_prune_guard.surgery import find_channel_mask
-from keras_prune_guard.sweep import _Steps
 
 
 class _WholeModel:
@@ -87,7 +87,7 @@ class _WholeModel:
 
 
 class _WholePredictor:
-    """A step predictor (see `sweep._Steps`) that re-runs the whole model at every step."""
+    """A step predictor (see `steps.Steps`) that re-runs the whole model at every step."""
 
     def __init__(self, model: _WholeModel, mask, channels: int):
         self.model, self.mask = model, mask
@@ -155,7 +155,7 @@ def sweep_whole(
         labels, sums, positions, per_image = clean.first_pass(mask)
         if labels is None:
             raise ValueError("valid has no labels: expected (x, y) pairs.")
-        steps = _Steps(_WholePredictor(clean, mask, len(sums)),
+        steps = Steps(_WholePredictor(clean, mask, len(sums)),
                        _poisoned(model, mask, poisoned, config, len(sums)), labels,
                        sums / positions, config, run, progress,
                        {"activation_bytes_per_image": per_image, "activation_cache": "none",

@@ -7,10 +7,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_prune_guard.atomic import atomic_path
-from keras_prune_guard.graph import as_functional, flatten_nested, is_graph_model, leaf_layers
+from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.layers import ChannelMask
-from keras_prune_guard.surgery import find_channel_mask, split_at_mask
+from keras_prune_guard.model.graph import as_functional, flatten_nested, is_graph_model, leaf_layers
+from keras_prune_guard.model.surgery import find_channel_mask, split_at_mask
 
 
 def _same_weights_apart_from_mask(bad: keras.Model, repaired: keras.Model) -> bool:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from keras_prune_guard.graph import trace
 from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.model.graph import trace
 
 #: Input shape and number of classes of every zoo model.
 ZOO_SHAPE = (32, 32, 3)

@@ -26,7 +26,7 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Swaps two existing paths in one step (Linux `renameat2(RENAME_EXCHANGE)`).
 
     Returns `False`, having changed nothing, where the system or the file system
@@ -97,7 +97,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
             raise FileNotFoundError(f"Nothing was written to the temporary path {tmp} for {final}")
         if (is_dir or tmp.is_dir()) and final.exists():
             # After the swap `tmp` holds the old folder; the `finally` removes it.
-            if not _exchange(tmp, final):
+            if not exchange(tmp, final):
                 old = final.parent / f"{TMP_PREFIX}old-{os.getpid()}-{final.name}"
                 _remove(old)
                 os.replace(final, old)
@@ -109,7 +109,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (this process counts as alive)."""
     if pid == os.getpid():
         return True
     if os.name != "posix":
@@ -153,7 +154,7 @@ def clean_stale(folder: str | os.PathLike) -> list[Path]:
     for root, dirs, files in os.walk(folder):
         for name in sorted([*dirs, *files]):
             match = _TMP_NAME.match(name)
-            if match is None or _alive(int(match["pid"])):
+            if match is None or alive(int(match["pid"])):
                 continue
             path = Path(root) / name
             target = Path(root) / match["rest"]

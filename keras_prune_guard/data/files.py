@@ -8,14 +8,17 @@ Pixels are always returned channels-last, float32, raw 0..255 as stored.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-from keras_prune_guard.atomic import atomic_path
-from keras_prune_guard.paths import path_problem
+from keras_prune_guard._fs.atomic import atomic_path
+from keras_prune_guard._fs.paths import path_problem
 
 #: Suffixes `load_images` reads (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -410,7 +413,6 @@ def lab_h5_dataset(
     >>> valid = lab_h5_dataset("valid.h5", 1024, image_shape=(55, 47, 3), num_classes=1283)
     >>> result = sweep(masked_model, valid)  # the images are never all in memory
     """
-    import tensorflow as tf
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -462,9 +464,7 @@ def _read_image(q: Path, channels: int, size: tuple[int, int] | None = None,
         size: the (H, W) it must have, checked before decoding. Defaults to `None`.
         source: where `size` comes from, for the message. Defaults to the model's input.
     """
-    import warnings
 
-    from PIL import Image
 
     try:
         with warnings.catch_warnings():  # the size is checked below, before any decoding

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import keras
 
-from keras_prune_guard.fold import apply_plan, fold_plan
-from keras_prune_guard.graph import (
+from keras_prune_guard.layers import ChannelMask
+from keras_prune_guard.model.fold import apply_plan, fold_plan
+from keras_prune_guard.model.graph import (
     PATH_SEP,
     Graph,
     LayerCall,
@@ -24,7 +25,6 @@ from keras_prune_guard.graph import (
     leaf_layers,
     trace,
 )
-from keras_prune_guard.layers import ChannelMask
 
 
 def _rank(layer: keras.layers.Layer) -> int | None:
@@ -334,7 +334,7 @@ def strip_channel_mask(model: keras.Model) -> keras.Model:
     tensor are folded instead: the input rows of the following Dense kernel
     (through a Flatten: the rows coming from those channels), the input
     channels of the following convolution, or a following BatchNorm's scale
-    and offset (see `keras_prune_guard.fold`). Either way the returned model
+    and offset (see `keras_prune_guard.model.fold`). Either way the returned model
     gives the masked model's outputs and has no custom layers, so plain Keras
     (and the lab's own eval.py) can load it.
 

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 
 from keras_prune_guard.config import FineTuneConfig
-from keras_prune_guard.finetune import Data, check_data, train_copy
+from keras_prune_guard.defend.schedules import settled
+from keras_prune_guard.defend.train import Data, check_data, train_copy
 from keras_prune_guard.results import Candidate, FineTuneChoice
-from keras_prune_guard.schedules import settled
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Output folders: lock, staging, manifest, atomic writes, paths."""

@@ -1,0 +1,1 @@
+"""Defenses that turn B' into B'': fine-tuning (train, schedules, choice)."""

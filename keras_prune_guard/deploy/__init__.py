@@ -1,0 +1,1 @@
+"""Export (.keras, .h5, SavedModel, ONNX, LiteRT), runtimes, evaluate."""

@@ -1,0 +1,1 @@
+"""Activations -> ranking -> sweep (fast, whole-model) -> prune()."""
