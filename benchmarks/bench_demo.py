@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/bench_demo.py [--repeats 1] [--keep DIR]
 
-Each run is its own process (`python -m keras_prune_guard.cli.parser demo`) with a fresh cache
+Each run is its own process (`python -m keras_prune_guard.cli demo`) with a fresh cache
 folder and output folder, so the first timing includes generating the benchmark faces and
 training the BadNet; the second run of each round reuses that cache. Prints wall time and
 peak memory (the child's `ru_maxrss`) per run, and the median. The issue's target: the
@@ -30,7 +30,7 @@ def run_demo(cache: Path, out: Path) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "keras_prune_guard.cli.parser", "demo", "--cache-dir", str(cache),
+        [sys.executable, "-m", "keras_prune_guard.cli", "demo", "--cache-dir", str(cache),
          "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )

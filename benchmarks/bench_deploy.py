@@ -59,13 +59,8 @@ def load_case(csaw: Path):
     import h5py
     import numpy as np
 
-    from keras_prune_guard import (
-        GoodNetModel,
-        deepid,
-        find_channel_mask,
-        insert_channel_mask,
-        prune,
-    )
+    from keras_prune_guard import GoodNetModel, deepid, insert_channel_mask, prune
+    from keras_prune_guard.model.surgery import find_channel_mask
 
     weights, clean, sunglasses = (csaw / name for name in (
         "lab3_bd_weights.h5", "real_clean_faces.h5", "real_sunglasses_faces.h5"))

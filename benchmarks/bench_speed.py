@@ -117,9 +117,13 @@ def run_setup(name: str, args) -> dict:
     import tensorflow as tf
 
     from keras_prune_guard.model.goodnet import GoodNetModel
+    from keras_prune_guard.model.surgery import (
+        find_channel_mask,
+        insert_channel_mask,
+        split_at_mask,
+    )
     from keras_prune_guard.pruning.prune import prune
     from keras_prune_guard.pruning.ranking import channel_ranking, compiled_forward
-    from keras_prune_guard.model.surgery import find_channel_mask, insert_channel_mask, split_at_mask
     from keras_prune_guard.pruning.sweep import sweep
 
     model, x, y, source = load_case(Path(args.csaw), args.images)

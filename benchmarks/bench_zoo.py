@@ -43,16 +43,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a script, not the package
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from keras_prune_guard import (  # noqa: E402
-    GoodNetModel,
-    find_channel_mask,
-    insert_channel_mask,
-    pruned_copy,
-    split_at_mask,
-    sweep,
-)
 from support.zoo import ZOO, spread_head, zoo_images  # noqa: E402
+
+from keras_prune_guard import GoodNetModel, insert_channel_mask, sweep  # noqa: E402
+from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy, split_at_mask  # noqa: E402
 
 THRESHOLD = 30.0
 #: Orders and thresholds as in tests/test_zoo.py (the default order where it is short).

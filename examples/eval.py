@@ -14,7 +14,7 @@ image's class in [0, N]; N means "backdoored input".
 
 import sys
 
-from keras_prune_guard.cli.parser import main
+from keras_prune_guard.cli import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

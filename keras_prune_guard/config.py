@@ -18,7 +18,6 @@ import dataclasses
 import math
 import numbers
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import absl.logging
 import keras
 
+from keras_prune_guard._compat import deprecated
 from keras_prune_guard.defend.schedules import parse_schedule
 
 #: Pruning orders by mean activation: least active first (the Fine-Pruning paper, the
@@ -369,16 +369,6 @@ class RunOptions:
         else:
 
             absl.logging.info(message)
-
-
-def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
-    """Warns that `old` is the 0.1 spelling of `new` (a `DeprecationWarning`)."""
-    warnings.warn(
-        f"`{old}` is deprecated since keras-prune-guard 0.2 and will be removed in 0.3; "
-        f"use `{new}` instead.",
-        DeprecationWarning,
-        stacklevel=stacklevel,
-    )
 
 
 _PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}

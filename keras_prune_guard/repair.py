@@ -15,12 +15,12 @@ from pathlib import Path
 
 import keras
 
+from keras_prune_guard._compat import deprecated
 from keras_prune_guard._fs.outputs import RunFolder, run_folder
 from keras_prune_guard.config import (
     FineTuneConfig,
     PruneConfig,
     RunOptions,
-    deprecated,
     options_from,
 )
 from keras_prune_guard.data.checks import check_model_on, first_images, is_streamed, labelled_pairs

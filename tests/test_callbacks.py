@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import PruningCallback, find_channel_mask, insert_channel_mask, prune
+from keras_prune_guard import PruningCallback, insert_channel_mask, prune
+from keras_prune_guard.model.surgery import find_channel_mask
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_prune_guard import FineTuneConfig, find_channel_mask, prune
+from keras_prune_guard import FineTuneConfig, prune
 from keras_prune_guard.benchmark import ensure_benchmark
 from keras_prune_guard.data.files import load_lab_h5
 from keras_prune_guard.defend.choice import choose_fine_tune, split_holdout
@@ -17,6 +17,7 @@ from keras_prune_guard.defend.schedules import (
     settled,
 )
 from keras_prune_guard.model.loading import load_network
+from keras_prune_guard.model.surgery import find_channel_mask
 from keras_prune_guard.results import FineTuneChoice, RepairResult
 
 SMALL = dict(identities=8, per_identity_train=10, valid_per_identity=6, test_per_identity=3)

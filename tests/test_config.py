@@ -21,7 +21,8 @@ from keras_prune_guard import (
     repair,
     sweep,
 )
-from keras_prune_guard.cli.parser import build_parser, config_from_args, main
+from keras_prune_guard.cli import main
+from keras_prune_guard.cli.parser import build_parser, config_from_args
 
 
 @pytest.mark.parametrize(

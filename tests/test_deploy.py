@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from keras_prune_guard import GoodNetModel, deepid, export_goodnet, fine_tune, prune
-from keras_prune_guard.cli.parser import main
+from keras_prune_guard.cli import main
 from keras_prune_guard.data.files import load_lab_h5, load_true_labels
 from keras_prune_guard.deploy.evaluate import ServedModel, evaluate, load_model_for_eval
 from keras_prune_guard.deploy.export import ExportError

@@ -6,17 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import (
-    FineTuneConfig,
-    GoodNetModel,
-    PruneConfig,
-    RunOptions,
-    find_channel_mask,
-    prune,
-    repair,
-)
+from keras_prune_guard import FineTuneConfig, GoodNetModel, PruneConfig, RunOptions, prune, repair
 from keras_prune_guard.defend.finetune import DEFAULT_LEARNING_RATE, fine_tune
 from keras_prune_guard.deploy.evaluate import ServedModel, evaluate
+from keras_prune_guard.model.surgery import find_channel_mask
 from keras_prune_guard.report import csv_rows, fine_pruning_table
 
 

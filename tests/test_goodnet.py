@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import GoodNetModel, find_channel_mask, prune, pruned_copy
+from keras_prune_guard import GoodNetModel, prune
+from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
 
 
 @pytest.fixture()

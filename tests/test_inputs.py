@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_prune_guard import deepid, evaluate, prune, repair
-from keras_prune_guard.cli.parser import main
+from keras_prune_guard.cli import main
 from keras_prune_guard.data.checks import check_labels, check_model_on, is_streamed
 
 PREFIX = "keras-prune-guard repair: error: "

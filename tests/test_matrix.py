@@ -13,7 +13,7 @@ import pytest
 
 from keras_prune_guard.benchmark.attacks import ATTACKS
 from keras_prune_guard.benchmark.matrix import check_against_files
-from keras_prune_guard.cli.parser import main
+from keras_prune_guard.cli import main
 from keras_prune_guard.data.files import load_lab_h5, load_true_labels
 from keras_prune_guard.deploy.evaluate import evaluate, load_model_for_eval
 from keras_prune_guard.results import RepairResult

@@ -37,7 +37,7 @@ from keras_prune_guard._fs.outputs import (
     run_folder,
     verify_folder,
 )
-from keras_prune_guard.cli.parser import main as cli_main
+from keras_prune_guard.cli import main as cli_main
 from keras_prune_guard.data.files import DataError, load_images
 from keras_prune_guard.deploy.evaluate import ServedModel, load_model_for_eval
 from keras_prune_guard.model.loading import load_network, unknown_classes

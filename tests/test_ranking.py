@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_prune_guard import insert_channel_mask, split_at_mask
+from keras_prune_guard import insert_channel_mask
+from keras_prune_guard.model.surgery import split_at_mask
 from keras_prune_guard.pruning.ranking import (
     activation_means,
     channel_ranking,

@@ -48,7 +48,7 @@ import tensorflow as tf
 import keras_prune_guard  # noqa: F401  (registers ChannelMask and GoodNetModel)
 from keras_prune_guard._fs import atomic
 from keras_prune_guard._fs.atomic import atomic_path, clean_stale
-from keras_prune_guard.cli.parser import main as cli_main
+from keras_prune_guard.cli import main as cli_main
 from keras_prune_guard.data.files import write_lab_h5
 from keras_prune_guard.deploy.evaluate import ServedModel, evaluate, predict_classes
 

@@ -173,7 +173,7 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
 def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys):
     import h5py
 
-    from keras_prune_guard.cli.parser import main
+    from keras_prune_guard.cli import main
 
     data = np.full((5, 3, 55, 47), 100.0, dtype="float32")
     data[3, 0, 10, 10] = 512.0  # read only when its batch comes through tf.data

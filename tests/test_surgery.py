@@ -2,16 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import (
-    ChannelMask,
-    deepid,
+from keras_prune_guard import ChannelMask, deepid, insert_channel_mask, last_pooling_layer
+from keras_prune_guard.model.surgery import (
     find_channel_mask,
-    insert_channel_mask,
-    last_pooling_layer,
+    pruned_copy,
     split_at_mask,
     strip_channel_mask,
 )
-from keras_prune_guard.model.surgery import pruned_copy
 
 
 def test_last_pooling_layer_of_deepid():

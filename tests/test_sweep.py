@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from keras_prune_guard import find_channel_mask, insert_channel_mask
+from keras_prune_guard import insert_channel_mask
+from keras_prune_guard.model.surgery import find_channel_mask
 from keras_prune_guard.pruning.sweep import check_thresholds, sweep
 
 

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from support.zoo import ZOO, zoo_data
 
-from keras_prune_guard import find_channel_mask, insert_channel_mask, sweep
+from keras_prune_guard import insert_channel_mask, sweep
+from keras_prune_guard.model.surgery import find_channel_mask
 from keras_prune_guard.pruning.sweep_whole import sweep_whole
 
 

@@ -26,16 +26,18 @@ from support.zoo import ZOO, ZOO_CLASSES, zoo_data
 from keras_prune_guard import (
     GoodNetModel,
     PruningCallback,
-    find_channel_mask,
     insert_channel_mask,
     last_pooling_layer,
     prune,
-    pruned_copy,
-    split_at_mask,
-    strip_channel_mask,
     sweep,
 )
 from keras_prune_guard.data.files import write_lab_h5
+from keras_prune_guard.model.surgery import (
+    find_channel_mask,
+    pruned_copy,
+    split_at_mask,
+    strip_channel_mask,
+)
 from keras_prune_guard.report.saliency import gradcam_layer, saliency_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")

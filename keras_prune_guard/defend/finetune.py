@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import keras
 
+from keras_prune_guard._compat import deprecated
 from keras_prune_guard.config import (
     AUGMENTATIONS,
     DEFAULT_FINE_TUNE_BATCH_SIZE,
     DEFAULT_LEARNING_RATE,
     FineTuneConfig,
-    deprecated,
 )
 from keras_prune_guard.defend.choice import choose_fine_tune
 from keras_prune_guard.defend.train import Data, augmentation, check_data, train_copy

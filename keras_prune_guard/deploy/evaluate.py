@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_prune_guard._compat import deprecated
 from keras_prune_guard._fs.outputs import check_entry
 from keras_prune_guard._fs.paths import path_problem
-from keras_prune_guard.config import deprecated
 from keras_prune_guard.data.checks import (  # noqa: F401 (check_images, input_shape_of: 0.1)
     check_images,
     check_labels,

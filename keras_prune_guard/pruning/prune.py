@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import keras
 
-from keras_prune_guard.config import PruneConfig, RunOptions, deprecated, options_from
+from keras_prune_guard._compat import deprecated
+from keras_prune_guard.config import PruneConfig, RunOptions, options_from
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy
 from keras_prune_guard.pruning.sweep import sweep
