@@ -6,7 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import FineTuneConfig, GoodNetModel, PruneConfig, RunOptions, prune, repair
+from keras_prune_guard import (
+    FineTuneConfig,
+    GoodNetModel,
+    PruneConfig,
+    RunOptions,
+    deepid,
+    insert_channel_mask,
+    prune,
+    repair,
+)
 from keras_prune_guard.defend.finetune import DEFAULT_LEARNING_RATE, fine_tune
 from keras_prune_guard.deploy.evaluate import ServedModel, evaluate
 from keras_prune_guard.model.surgery import find_channel_mask
@@ -91,12 +100,14 @@ def test_fine_tune_rejects_bad_arguments(lab3_model, b_prime, real_clean):
         fine_tune(b_prime, (x, y), epochs=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         fine_tune(b_prime, (x, y), epochs=1, learning_rate=0)
-    with pytest.raises(ValueError, match=r"images of shape \(120, 47, 55, 3\).*\(N, 55, 47, 3\)"):
+    with pytest.raises(ValueError, match=r"images of shape \(47, 55, 3\).*\(N, 55, 47, 3\)"):
         fine_tune(b_prime, (x.transpose(0, 2, 1, 3), y), epochs=1)
-    with pytest.raises(ValueError, match="120 images and 119 labels"):
+    with pytest.raises(ValueError, match="120 images, 119 labels"):
         fine_tune(b_prime, (x, y[:-1]), epochs=1)
-    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 1282\]"):
+    with pytest.raises(ValueError, match=r"class labels in \[0, 1283\)"):
         fine_tune(b_prime, (x, y + 2000), epochs=1)
+    with pytest.raises(ValueError, match=r"integer class labels"):
+        fine_tune(b_prime, (x, y + 0.5), epochs=1)
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
         fine_tune(lab3_model, (x, y), epochs=1)
 
@@ -219,6 +230,18 @@ def test_repair_without_fine_tuning_is_unchanged(lab3_model, real_clean, tmp_pat
     with pytest.raises(ValueError, match="fine_tune_epochs must be an integer >= 0"):
         repair(lab3_model, real_clean, tmp_path, fine_tune_epochs=-1)
     x, y = real_clean
-    with pytest.raises(ValueError, match=r"my_data: images of shape \(120, 55, 46, 3\)"):
+    with pytest.raises(ValueError, match=r"my_data: images of shape \(55, 46, 3\)"):
         repair(lab3_model, real_clean, tmp_path, fine_tune_epochs=1,
                fine_tune_data=(x[:, :, :46], y), fine_tune_label="my_data")
+
+
+def test_whole_number_float_labels_fine_tune_as_they_sweep():
+    """One validator (data/checks.py): fine-tuning takes the labels the sweep takes."""
+    rng = np.random.default_rng(0)
+    b_prime = insert_channel_mask(deepid(num_classes=4), pruned_channels=[0, 1])
+    x = rng.uniform(0, 255, (8, 55, 47, 3)).astype("float32")
+    y = np.arange(8) % 4
+    b_second = fine_tune(b_prime, (x, y.astype("float32")), epochs=1, learning_rate=1e-3)
+    assert find_channel_mask(b_second).pruned_channels() == [0, 1]
+    with pytest.raises(ValueError, match=r"integer class labels"):
+        fine_tune(b_prime, (x, y + 0.25), epochs=1)

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard.config import FineTuneConfig
+from keras_prune_guard.data.checks import check_images, check_labels, num_classes_or_none
 from keras_prune_guard.defend.schedules import build_schedule
 from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
 
@@ -28,8 +29,8 @@ def check_data(model: keras.Model, data, what: str) -> Data:
         `(x, y)` as float32 and int64 arrays.
 
     Raises:
-        ValueError: not a pair, images of the wrong shape, a label count that
-            differs from the image count, or labels outside the model's classes.
+        ValueError: not a pair, or what `data.checks` refuses (images that do not fit
+            the model, labels that are not one class id per image within its classes).
 
     Example:
 
@@ -37,25 +38,11 @@ def check_data(model: keras.Model, data, what: str) -> Data:
     """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"{what} must be a pair (x, y) of arrays. Received: {type(data)}")
-    x, y = np.asarray(data[0], dtype="float32"), np.asarray(data[1]).reshape(-1)
-    expected = tuple(model.input_shape[1:])
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise ValueError(
-            f"{what}: images of shape {x.shape} do not fit model '{model.name}', which "
-            f"expects (N, {', '.join(str(d) for d in expected)})."
-        )
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(
-            f"{what}: expected as many labels as images (at least one). Received "
-            f"{len(x)} images and {len(y)} labels."
-        )
-    classes = int(model.output_shape[-1])
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
-        raise ValueError(
-            f"{what}: labels must be integers in [0, {classes - 1}] for model "
-            f"'{model.name}'. Received dtype {y.dtype}, range [{y.min()}, {y.max()}]."
-        )
-    return x, y.astype("int64")
+    x = np.asarray(data[0], dtype="float32")
+    check_images(model, x, what)
+    if len(x) == 0:
+        raise ValueError(f"{what}: found no images; expected at least one labelled image.")
+    return x, check_labels(data[1], len(x), what, num_classes_or_none(model))
 
 
 def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedule: str, *,
