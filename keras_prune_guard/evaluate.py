@@ -137,10 +137,16 @@ def predict_classes(
     Returns:
         An int64 (N,) array.
 
+    Raises:
+        ValueError: images of the wrong shape, non-finite, or pixels / 255
+            (`inputs.check_model_on`), before any class is computed.
+
     Example:
 
     >>> predict_classes(goodnet, lab_h5_dataset("test.h5"), strategy=strategy)
     """
+    images = x[0] if isinstance(x, tuple) else x  # labels, if any, are not the question here
+    check_model_on(model, images, what)  # shape, finite outputs, pixel range
     return _classes_and_labels(model, x, batch_size, what, strategy)[0]
 
 

@@ -250,11 +250,11 @@ def check_export_path(path: str | os.PathLike, format: str) -> Path:
 
 
 def _checked_images(goodnet: GoodNetModel, images) -> np.ndarray:
-    from keras_prune_guard.evaluate import check_images
+    from keras_prune_guard.inputs import check_model_on
 
     if images is None:
         return self_check_images(goodnet.image_shape)
-    check_images(goodnet, images, "export_goodnet images")
+    check_model_on(goodnet, images, "export_goodnet images")  # shape, outputs, pixel range
     if not len(images):
         raise ValueError("export_goodnet needs at least one image to check on. Received: "
                          f"images of shape {np.shape(images)}")

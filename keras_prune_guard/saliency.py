@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_prune_guard.atomic import atomic_path
 from keras_prune_guard.graph import as_functional, flatten_nested, is_graph_model
+from keras_prune_guard.inputs import check_model_on
 from keras_prune_guard.layers import ChannelMask
 
 #: Methods understood by `saliency_maps`.
@@ -362,6 +363,8 @@ def comparison_figure(
 
     predictions, maps, shares = {}, {}, None
     for name, model in models.items():
+        for what, images in (("clean", clean), ("triggered", triggered)):
+            check_model_on(model, images, f"{what} images", name)  # the one pixel check
         preds = {
             s: _predict_classes(model, x) for s, x in (("clean", clean), ("triggered", triggered))
         }
