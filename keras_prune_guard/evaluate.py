@@ -37,7 +37,8 @@ class ServedModel:
         self.path = str(path)
         try:
             self._loaded = tf.saved_model.load(self.path)
-        except (OSError, ValueError, tf.errors.OpError) as err:
+        except (OSError, ValueError, IndexError, KeyError, tf.errors.OpError) as err:
+            # IndexError: a truncated variables file ("Read less bytes than requested")
             reason = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
             raise ValueError(
                 f"SavedModel {self.path}: TensorFlow could not load it ({type(err).__name__}: "
