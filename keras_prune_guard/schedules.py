@@ -13,6 +13,8 @@ import math
 
 import keras
 
+from keras_prune_guard.config import MAX_LEARNING_RATE
+
 SHAPES = ("cosine", "cyclic")
 #: Epochs of one triangular cycle of a `cyclic` schedule.
 CYCLE_EPOCHS = 2
@@ -23,7 +25,8 @@ def parse_schedule(spec: str, name: str = "schedules") -> tuple[str, float]:
     """Splits and checks a spec: `"cyclic:1e-2"` -> `("cyclic", 0.01)`.
 
     Raises:
-        ValueError: not `<shape>:<peak>` with a known shape and a peak > 0.
+        ValueError: not `<shape>:<peak>` with a known shape and a peak in
+            (0, `MAX_LEARNING_RATE`].
 
     Example:
 
@@ -35,10 +38,11 @@ def parse_schedule(spec: str, name: str = "schedules") -> tuple[str, float]:
         value = float(peak)
     except ValueError:
         value = float("nan")
-    if shape not in SHAPES or not (math.isfinite(value) and value > 0):
+    if shape not in SHAPES or not (math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE):
         raise ValueError(
             f"{name}: each schedule is SHAPE:PEAK with SHAPE one of {', '.join(SHAPES)} and "
-            f"PEAK a learning rate > 0, e.g. cyclic:1e-2. Received: {spec!r}"
+            f"PEAK a learning rate in (0, {MAX_LEARNING_RATE:g}], e.g. cyclic:1e-2. "
+            f"Received: {spec!r}"
         )
     return shape, value
 
