@@ -116,7 +116,7 @@ def _flag(name: str, value: Any) -> None:
 def _positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
             or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum:,}]"
+        bound = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum:,}")
         raise ValueError(f"{name} must be an integer {bound}. Received: {name}={value!r}")
 
 
@@ -253,8 +253,8 @@ class PruneConfig(_Serialisable):
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (
             math.isfinite(tol) and 0 <= tol <= MAX_TIE_TOLERANCE
         ):
-            raise ValueError(f"tie_tolerance must be a number in [0, {MAX_TIE_TOLERANCE:g}]. "
-                             f"Received: tie_tolerance={tol!r}")
+            raise ValueError(f"tie_tolerance must be a finite number >= 0 and <= "
+                             f"{MAX_TIE_TOLERANCE:g}. Received: tie_tolerance={tol!r}")
         object.__setattr__(self, "tie_tolerance", float(tol))
         if self.after is not None and (not isinstance(self.after, str) or not self.after):
             raise ValueError(
@@ -344,8 +344,8 @@ class FineTuneConfig(_Serialisable):
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
             math.isfinite(lr) and 0 < lr <= MAX_LEARNING_RATE
         )):
-            raise ValueError(f"learning_rate must be a number in (0, {MAX_LEARNING_RATE:g}] or "
-                             f"None. Received: learning_rate={lr!r}")
+            raise ValueError(f"learning_rate must be > 0 and <= {MAX_LEARNING_RATE:g} (a finite "
+                             f"number) or None. Received: learning_rate={lr!r}")
         if isinstance(self.schedules, str) or not self.schedules:
             raise ValueError("schedules must be a non-empty list such as ['cyclic:1e-2', "
                              f"'cosine:1e-3']. Received: schedules={self.schedules!r}")
