@@ -39,6 +39,12 @@ manifests) is moved, never deleted: into the new folder at the same place, or, w
 a file of the run takes that place, to `kept-<run id>/`; every move is logged. Other
 entries of the folder are never touched.
 
+Paths: every path a manifest or the commit folder names is resolved and must lie inside
+the output folder (no absolute path, no `..`, no reserved name, no symlink leading out);
+otherwise `UnsafePathError` names the entry and nothing is moved or deleted. A malformed
+manifest is never trusted: nothing it lists counts as the package's own, and the next
+commit keeps a copy of it in `kept-<run id>/`.
+
 Limits: process ids are checked on this machine only (do not share one folder
 between machines while they write to it); where `flock` is missing (Windows, some
 network file systems) the run warns and goes on unlocked.
