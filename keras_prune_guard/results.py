@@ -321,8 +321,9 @@ class _Reader:
         """An accuracy or rate in percent: a finite number in [0, 100] (or None)."""
         number = self.required(value, where) if required else self.number(value, where)
         if number is not None and not (math.isfinite(number) and 0 <= number <= 100):
-            raise ReportError(f"summary {where}: expected a percentage in [0, 100], found "
-                              f"{value!r}")
+            strict = "" if math.isfinite(number) else " (report.json is strict JSON: no NaN, inf)"
+            raise ReportError(f"summary {where}: expected a percentage in [0, 100]{strict}, "
+                              f"found {value!r}")
         return number
 
     def count(self, value: Any, where: str, upper: int | None = None,
