@@ -15,6 +15,7 @@ keyword arguments build the same objects (`options_from`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -26,7 +27,6 @@ import absl.logging
 import keras
 
 from keras_prune_guard._compat import deprecated
-from keras_prune_guard.defend.schedules import parse_schedule
 
 #: Pruning orders by mean activation: least active first (the Fine-Pruning paper, the
 #: public lab solutions) or most active first (the lab handout's literal words).
@@ -43,6 +43,43 @@ DEFAULT_FINE_TUNE_BATCH_SIZE = 32
 DEFAULT_FINE_TUNE_EPOCHS = 16
 #: Learning-rate schedules fine-pruning tries, most aggressive first.
 DEFAULT_SCHEDULES = ("cyclic:1e-2", "cyclic:5e-3", "cosine:1e-3")
+#: Upper bounds no sane run exceeds, checked in the constructors and stated in `--help`.
+MAX_BATCH_SIZE = 65536
+MAX_EPOCHS = 10_000
+#: The largest Adam learning rate (`learning_rate`, a schedule's peak) accepted.
+MAX_LEARNING_RATE = 1.0
+MAX_TIE_TOLERANCE = 0.1
+MAX_SEED = 2**32 - 1
+#: Learning-rate schedule shapes: `cosine` decay or one `cyclic` triangle per two epochs.
+SHAPES = ("cosine", "cyclic")
+
+
+def parse_schedule(spec: str, name: str = "schedules") -> tuple[str, float]:
+    """Splits and checks a spec: `"cyclic:1e-2"` -> `("cyclic", 0.01)`.
+
+    Raises:
+        ValueError: not `<shape>:<peak>` with a known shape and a peak in
+            (0, `MAX_LEARNING_RATE`].
+
+    Example:
+
+    >>> parse_schedule("cosine:3e-3")
+    ('cosine', 0.003)
+    """
+    shape, _, peak = str(spec).partition(":") if isinstance(spec, str) else ("", "", "")
+    try:
+        value = float(peak)
+    except ValueError:
+        value = float("nan")
+    if shape not in SHAPES or not (math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE):
+        raise ValueError(
+            f"{name}: each schedule is SHAPE:PEAK with SHAPE one of {', '.join(SHAPES)} and "
+            f"PEAK a learning rate in (0, {MAX_LEARNING_RATE:g}], e.g. cyclic:1e-2. "
+            f"Received: {spec!r}"
+        )
+    return shape, value
+
+
 #: Random image changes during fine-tuning: shifts of up to 6% and horizontal flips, shifts
 #: only (for images a mirror changes the meaning of, such as text), or none.
 AUGMENTATIONS = ("shift-flip", "shift", "none")
@@ -110,11 +147,33 @@ def _flag(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
+def _positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum:,}")
+        raise ValueError(f"{name} must be an integer {bound}. Received: {name}={value!r}")
+
+
+def _strict(cls):
+    """Makes a config dataclass refuse unknown keywords with one line naming them.
+
+    A plain dataclass raises `TypeError: __init__() got an unexpected keyword argument`;
+    this names the class, the keyword(s) and the fields it does take.
+    """
+    init = cls.__init__
+    known = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in known]
+        if unknown or len(args) > len(known):
+            got = ", ".join(f"{k}={kwargs[k]!r}" for k in unknown) or f"{len(args)} positional"
+            raise ValueError(f"{cls.__name__}: unknown keyword argument(s) {unknown or ''}; "
+                             f"expected some of {known}. Received: {got}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
 
 
 def _number(name: str, value: Any, low: float, high: float, open_low: bool = False,
@@ -154,6 +213,7 @@ class _Serialisable:
         return dataclasses.replace(self, **changes)
 
 
+@_strict
 @dataclass(frozen=True)
 class PruneConfig(_Serialisable):
     """What the pruning defense computes, validated in the constructor.
@@ -172,11 +232,12 @@ class PruneConfig(_Serialisable):
         after: the layer whose output channels are masked; "model/layer" for a layer
             inside a nested model. Defaults to `None` (the pooling layer feeding the
             classifier head, `pool_3` on DeepID; see `surgery.last_pooling_layer`).
-        batch_size: images per forward call. Defaults to 1024.
+        batch_size: images per forward call, at most `MAX_BATCH_SIZE`. Defaults to 1024.
         full_curve: prune every channel instead of stopping once the largest X is
             reached. Defaults to `False`.
         tie_tolerance: means closer than this share of the largest |mean| are ties,
-            broken by channel index (see `rank_channels`). Defaults to 1e-6.
+            broken by channel index (see `rank_channels`); at most `MAX_TIE_TOLERANCE`.
+            Defaults to 1e-6.
 
     Raises:
         ValueError: any argument out of range, naming it and the value received.
@@ -204,13 +265,15 @@ class PruneConfig(_Serialisable):
         "help": "layer whose output channels are pruned; MODEL/LAYER for a layer inside a "
         "nested model, e.g. resnet50/conv5_block3_out (default: the pooling layer feeding "
         "the classifier head: pool_3 on DeepID, avg_pool on ResNet50)"})
-    batch_size: int = field(default=1024, metadata={"help": "images per forward call"})
+    batch_size: int = field(default=1024, metadata={
+        "help": f"images per forward call (1 to {MAX_BATCH_SIZE})"})
     full_curve: bool = field(default=False, metadata={
         "help": "prune every channel instead of stopping after the largest threshold"})
     tie_tolerance: float = field(default=1e-6, metadata={
         "help": "channel means within this share of the largest |mean| of each other are "
         "ties, pruned in channel index order (so sums reordered across devices, which "
-        "change a mean in its last bits, do not change the order)"})
+        "change a mean in its last bits, do not change the order); 0 to "
+        f"{MAX_TIE_TOLERANCE:g}"})
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
@@ -218,14 +281,14 @@ class PruneConfig(_Serialisable):
         _choice("keep", self.keep, KEEP_RULES)
         _flag("relative", self.relative)
         _flag("full_curve", self.full_curve)
-        _positive_int("batch_size", self.batch_size)
+        _positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
         object.__setattr__(self, "batch_size", int(self.batch_size))
         tol = self.tie_tolerance
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (
-            math.isfinite(tol) and tol >= 0
+            math.isfinite(tol) and 0 <= tol <= MAX_TIE_TOLERANCE
         ):
-            raise ValueError(f"tie_tolerance must be a finite number >= 0. Received: "
-                             f"tie_tolerance={tol!r}")
+            raise ValueError(f"tie_tolerance must be a finite number >= 0 and <= "
+                             f"{MAX_TIE_TOLERANCE:g}. Received: tie_tolerance={tol!r}")
         object.__setattr__(self, "tie_tolerance", float(tol))
         if self.after is not None and (not isinstance(self.after, str) or not self.after):
             raise ValueError(
@@ -233,6 +296,7 @@ class PruneConfig(_Serialisable):
             )
 
 
+@_strict
 @dataclass(frozen=True)
 class FineTuneConfig(_Serialisable):
     """How B' is fine-tuned into B'' (fine-pruning), validated in the constructor.
@@ -245,13 +309,15 @@ class FineTuneConfig(_Serialisable):
     fewer than `min_per_class` clean images per class nothing is trained and B' is kept.
 
     Args:
-        epochs: training epochs of each schedule tried; 0 means pruning only.
-            Defaults to 16.
+        epochs: training epochs of each schedule tried, at most `MAX_EPOCHS`; 0 means
+            pruning only. Defaults to 16.
         learning_rate: `None` chooses among `schedules`; a number trains one run
             whose Adam rate decays from it to 0 along a cosine, on all the clean
-            data, without holding any out (0.1's fine-tuning). Defaults to `None`.
+            data, without holding any out (0.1's fine-tuning); at most `MAX_LEARNING_RATE`.
+            Defaults to `None`.
         schedules: `SHAPE:PEAK` learning-rate schedules to try, most aggressive
-            first (`schedules.parse_schedule`). Defaults to `DEFAULT_SCHEDULES`.
+            first (`schedules.parse_schedule`; peaks at most `MAX_LEARNING_RATE`, no
+            schedule twice). Defaults to `DEFAULT_SCHEDULES`.
         holdout: share of the clean data held out to choose. Defaults to 0.2.
         tolerance: the largest drop of held-out accuracy below B's accepted, in
             points. Defaults to 3.
@@ -260,8 +326,9 @@ class FineTuneConfig(_Serialisable):
         augment: random image changes while training, one of `AUGMENTATIONS`:
             "shift-flip" (shifts of up to 6% and horizontal flips), "shift" or
             "none". Defaults to "shift-flip".
-        batch_size: images per training step. Defaults to 32.
-        seed: random seed of the hold-out split, shuffling and dropout. Defaults to 0.
+        batch_size: images per training step, at most `MAX_BATCH_SIZE`. Defaults to 32.
+        seed: random seed of the hold-out split, shuffling and dropout, in
+            [0, `MAX_SEED`]. Defaults to 0.
 
     Example:
 
@@ -273,15 +340,16 @@ class FineTuneConfig(_Serialisable):
         "cli": "--fine-tune-epochs", "metavar": "E", "help": "fine-pruning: train copies of "
         "each B' for E epochs on clean data with the pruned channels kept at zero, giving "
         "B'' (written as bprime_ft_X{X}.keras/.h5, its GoodNet as goodnet_ft_X{X}/ and "
-        ".keras, and reported next to B'). 0 = pruning only"})
+        f".keras, and reported next to B'). 0 = pruning only; at most {MAX_EPOCHS:,}"})
     learning_rate: float | None = field(default=None, metadata={
         "cli": "--fine-tune-lr", "metavar": "LR", "help": "one fixed initial Adam learning "
         "rate, cosine-decayed to 0, on all the clean data, instead of choosing a schedule "
-        "on held-out clean data"})
+        f"on held-out clean data; at most {MAX_LEARNING_RATE:g}"})
     schedules: tuple[str, ...] = field(default=DEFAULT_SCHEDULES, metadata={
         "cli": "--fine-tune-schedules", "metavar": "SHAPE:PEAK", "help": "learning-rate "
         "schedules tried, most aggressive first (cosine or cyclic, peak Adam rate); the "
-        "first whose held-out clean accuracy is within --fine-tune-tolerance of B's is kept"})
+        "first whose held-out clean accuracy is within --fine-tune-tolerance of B's is kept; "
+        f"peaks at most {MAX_LEARNING_RATE:g}, each schedule once"})
     holdout: float = field(default=0.2, metadata={
         "cli": "--fine-tune-holdout", "help": "share of the clean data held out to choose "
         "the schedule and its epoch"})
@@ -296,31 +364,39 @@ class FineTuneConfig(_Serialisable):
         "while fine-tuning: shifts of up to 6%% and horizontal flips, shifts only (images a "
         "mirror changes, such as text), or none"})
     batch_size: int = field(default=DEFAULT_FINE_TUNE_BATCH_SIZE, metadata={
-        "cli": "--fine-tune-batch-size", "help": "images per fine-tuning step"})
+        "cli": "--fine-tune-batch-size",
+        "help": f"images per fine-tuning step (1 to {MAX_BATCH_SIZE})"})
     seed: int = field(default=0, metadata={
-        "cli": "--fine-tune-seed", "help": "random seed of the hold-out split and shuffling"})
+        "cli": "--fine-tune-seed", "help": "random seed of the hold-out split and shuffling "
+        f"(0 to {MAX_SEED})"})
 
     def __post_init__(self):
 
-        _positive_int("epochs", self.epochs, minimum=0)
+        _positive_int("epochs", self.epochs, minimum=0, maximum=MAX_EPOCHS)
         lr = self.learning_rate
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
-            math.isfinite(lr) and lr > 0
+            math.isfinite(lr) and 0 < lr <= MAX_LEARNING_RATE
         )):
-            raise ValueError(f"learning_rate must be > 0 (a finite number) or None. Received: "
-                             f"learning_rate={lr!r}")
+            raise ValueError(f"learning_rate must be > 0 and <= {MAX_LEARNING_RATE:g} (a finite "
+                             f"number) or None. Received: learning_rate={lr!r}")
         if isinstance(self.schedules, str) or not self.schedules:
             raise ValueError("schedules must be a non-empty list such as ['cyclic:1e-2', "
                              f"'cosine:1e-3']. Received: schedules={self.schedules!r}")
         object.__setattr__(self, "schedules", tuple(self.schedules))
+        seen = {}
         for spec in self.schedules:
-            parse_schedule(spec)
+            parsed = parse_schedule(spec)
+            if parsed in seen:
+                raise ValueError(f"schedules must not repeat: {spec!r} is {seen[parsed]!r} "
+                                 f"({parsed[0]} with peak {parsed[1]:g}). Received: "
+                                 f"schedules={list(self.schedules)}")
+            seen[parsed] = spec
         _number("holdout", self.holdout, 0.0, 1.0, open_low=True, open_high=True)
         _number("tolerance", self.tolerance, 0.0, 100.0)
         _number("min_per_class", self.min_per_class, 0.0, float("inf"))
         _choice("augment", self.augment, AUGMENTATIONS)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("seed", self.seed, minimum=0)
+        _positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        _positive_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         for name in ("epochs", "batch_size", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("holdout", "tolerance", "min_per_class"):
@@ -329,6 +405,7 @@ class FineTuneConfig(_Serialisable):
             object.__setattr__(self, "learning_rate", float(lr))
 
 
+@_strict
 @dataclass(frozen=True)
 class RunOptions:
     """How to run the defense; changes no result and is not saved with one.
@@ -420,11 +497,18 @@ def options_from(
 
 
 __all__ = [
+    "SHAPES",
+    "parse_schedule",
     "AUGMENTATIONS",
     "DEFAULT_LEARNING_RATE",
     "DEFAULT_THRESHOLDS",
     "FineTuneConfig",
     "KEEP_RULES",
+    "MAX_BATCH_SIZE",
+    "MAX_EPOCHS",
+    "MAX_LEARNING_RATE",
+    "MAX_SEED",
+    "MAX_TIE_TOLERANCE",
     "ORDERS",
     "PruneConfig",
     "RunOptions",

@@ -9,6 +9,7 @@ checks every field, naming the one that is wrong (`ReportError`, a `ValueError`)
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -316,6 +317,28 @@ class _Reader:
             raise ReportError(f"summary {where}: expected a number, found None")
         return number
 
+    def percent(self, value: Any, where: str, required: bool = False) -> float | None:
+        """An accuracy or rate in percent: a finite number in [0, 100] (or None)."""
+        number = self.required(value, where) if required else self.number(value, where)
+        if number is not None and not (math.isfinite(number) and 0 <= number <= 100):
+            strict = "" if math.isfinite(number) else " (report.json is strict JSON: no NaN, inf)"
+            raise ReportError(f"summary {where}: expected a percentage in [0, 100]{strict}, "
+                              f"found {value!r}")
+        return number
+
+    def count(self, value: Any, where: str, upper: int | None = None,
+              required: bool = True) -> int | None:
+        """A whole number in [0, upper] (`upper` None or 0: no upper bound)."""
+        number = self.required(value, where) if required else self.number(value, where)
+        if number is None:
+            return None
+        if not math.isfinite(number) or number != int(number) or number < 0 or (
+                upper and number > upper):
+            bound = f"[0, {upper}]" if upper else ">= 0"
+            raise ReportError(f"summary {where}: expected a whole number in {bound}, found "
+                              f"{value!r}")
+        return int(number)
+
     def mapping(self, value: Any, where: str) -> Mapping:
         if value is None:
             return {}
@@ -328,14 +351,14 @@ class _Reader:
         if value is None:
             return []
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise ReportError(f"summary{where}: expected a list, found {type(value).__name__}")
+            raise ReportError(f"summary {where}: expected a list, found {type(value).__name__}")
         return list(value)
 
     def scores(self, value: Any, where: str) -> Scores | None:
         if value is None:
             return None
         raw = self.mapping(value, where)
-        return Scores(**{f.name: self.number(raw.get(f.name), f"{where}[{f.name!r}]")
+        return Scores(**{f.name: self.percent(raw.get(f.name), f"{where}[{f.name!r}]")
                          for f in dataclasses.fields(Scores)})
 
     def choice(self, value: Any, where: str) -> FineTuneChoice | None:
@@ -353,16 +376,18 @@ class _Reader:
             reason=str(raw.get("reason") or ""),
             images=int(count["images"] or 0), holdout_images=int(count["holdout_images"] or 0),
             tolerance=self.required(raw.get("tolerance"), f"{where}['tolerance']"),
-            reference_accuracy=self.number(raw.get("reference_accuracy"),
-                                           f"{where}['reference_accuracy']"),
-            pruned_accuracy=self.number(raw.get("pruned_accuracy"), f"{where}['pruned_accuracy']"),
+            reference_accuracy=self.percent(raw.get("reference_accuracy"),
+                                            f"{where}['reference_accuracy']"),
+            pruned_accuracy=self.percent(raw.get("pruned_accuracy"),
+                                         f"{where}['pruned_accuracy']"),
             candidates=[Candidate(
                 schedule=str(c.get("schedule")),
                 epoch=int(self.required(c.get("epoch"), f"{where}['candidates'][{i}]['epoch']")),
-                holdout_accuracy=self.required(c.get("holdout_accuracy"),
-                                               f"{where}['candidates'][{i}]['holdout_accuracy']"),
+                holdout_accuracy=self.percent(c.get("holdout_accuracy"),
+                                              f"{where}['candidates'][{i}]['holdout_accuracy']",
+                                              required=True),
                 accepted=bool(c.get("accepted")),
-                epoch_accuracy={int(k): self.required(v, f"{where}['candidates'][{i}]")
+                epoch_accuracy={int(k): self.percent(v, f"{where}['candidates'][{i}]", True)
                                 for k, v in self.mapping(c.get("epoch_accuracy"), where).items()},
             ) for i, c in enumerate(tried)],
         )
@@ -371,17 +396,19 @@ class _Reader:
         where = f"['curve'][{i}]"
         p = self.mapping(raw, where)
         pruned = p.get("num_pruned", p.get("channels_pruned"))
-        pruned = int(self.required(pruned, f"{where}['num_pruned']"))
+        pruned = self.count(pruned, f"{where}['num_pruned']", channels)
         fraction = self.number(p.get("fraction_pruned"), f"{where}['fraction_pruned']")
+        step = self.count(p.get("step"), f"{where}['step']", channels, required=False)
         return CurvePoint(
-            step=int(self.number(p.get("step"), f"{where}['step']") or pruned),
-            channel=None if p.get("channel") is None else int(
-                self.required(p["channel"], f"{where}['channel']")),
+            step=step or pruned,
+            channel=None if p.get("channel") is None else self.count(
+                p["channel"], f"{where}['channel']", channels - 1 if channels else None),
             num_pruned=pruned,
             fraction_pruned=fraction if fraction is not None else (
                 pruned / channels if channels else 0.0),
-            valid_accuracy=self.required(p.get("valid_accuracy"), f"{where}['valid_accuracy']"),
-            attack_success=self.number(p.get("attack_success"), f"{where}['attack_success']"),
+            valid_accuracy=self.percent(p.get("valid_accuracy"), f"{where}['valid_accuracy']",
+                                        required=True),
+            attack_success=self.percent(p.get("attack_success"), f"{where}['attack_success']"),
         )
 
     def files(self, value: Any, where: str) -> dict[str, str]:
@@ -391,9 +418,8 @@ class _Reader:
         where = f"['rows'][{i}]"
         r = self.mapping(raw, where)
         threshold = self.required(r.get("threshold"), f"{where}['threshold']")
-        pruned = self.number(r.get("num_pruned", r.get("channels_pruned")),
-                             f"{where}['num_pruned']")
-        pruned = None if pruned is None else int(pruned)
+        pruned = self.count(r.get("num_pruned", r.get("channels_pruned")),
+                            f"{where}['num_pruned']", channels, required=False)
         fraction = self.number(r.get("fraction_pruned"), f"{where}['fraction_pruned']")
         if fraction is None and pruned is not None and channels:
             fraction = pruned / channels
@@ -402,7 +428,7 @@ class _Reader:
             at = f"{where}['fine_tuned']"
             t = self.mapping(r["fine_tuned"], at)
             tuned = FineTuned(
-                valid_accuracy=self.number(t.get("valid_accuracy"), f"{at}['valid_accuracy']"),
+                valid_accuracy=self.percent(t.get("valid_accuracy"), f"{at}['valid_accuracy']"),
                 train_loss=[self.required(v, f"{at}['train_loss']")
                             for v in self.items(t.get("train_loss"), f"{at}['train_loss']")],
                 repaired=self.scores(t.get("repaired"), f"{at}['repaired']"),
@@ -415,7 +441,7 @@ class _Reader:
             reached=bool(r.get("reached", True)),
             num_pruned=pruned,
             fraction_pruned=fraction,
-            valid_accuracy=self.number(r.get("valid_accuracy"), f"{where}['valid_accuracy']"),
+            valid_accuracy=self.percent(r.get("valid_accuracy"), f"{where}['valid_accuracy']"),
             pruned_channels=[int(c) for c in self.items(r.get("pruned_channels"),
                                                         f"{where}['pruned_channels']")],
             repaired=self.scores(r.get("repaired"), f"{where}['repaired']"),
@@ -443,7 +469,10 @@ class _Reader:
     def result(self, data: Any) -> RepairResult:
         if not isinstance(data, Mapping):
             raise ReportError(f"summary: expected a dict, found {type(data).__name__}")
-        channels = int(self.number(data.get("channels"), "['channels']") or 0)
+        if not self.items(data.get("rows"), "['rows']"):
+            raise ReportError("summary['rows']: found none (an empty or foreign summary); "
+                              "expected one row per threshold, as report.json holds")
+        channels = self.count(data.get("channels"), "['channels']", required=False) or 0
         base = self.mapping(data.get("baseline"), "['baseline']")
         curve = [self.point(p, i, channels)
                  for i, p in enumerate(self.items(data.get("curve"), "['curve']"))]
@@ -459,10 +488,11 @@ class _Reader:
             model=str(data.get("model") or ""),
             layer=str(data.get("layer") or ""),
             channels=channels,
-            num_classes=int(self.number(data.get("num_classes"), "['num_classes']") or 0),
+            num_classes=self.count(data.get("num_classes"), "['num_classes']",
+                                   required=False) or 0,
             config=self.config(data),
             baseline=Baseline(**{
-                k: self.number(base.get(k), f"['baseline'][{k!r}]")
+                k: self.percent(base.get(k), f"['baseline'][{k!r}]")
                 for k in ("valid_accuracy", "test_accuracy", "attack_success",
                           "robust_accuracy")}),
             rows=[self.row(r, i, channels)

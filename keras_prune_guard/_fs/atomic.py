@@ -124,20 +124,66 @@ def alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(folder: str | os.PathLike) -> list[Path]:
-    """Removes the temporary entries that killed writers left in `folder`.
+#: The package's own subfolders of an output folder, where `atomic_path` may leave
+#: temporary entries besides the top of the folder (report writers write into `report/`).
+OWN_SUBFOLDERS = ("report",)
+# A run's staging folder: `.tmp-<pid>-run-<UTC time>-<pid>-<hex>` (outputs.RunFolder).
+_STAGING_REST = re.compile(r"^run-\d{8}T\d{6}Z-(?P<pid>\d+)-[0-9a-f]+$")
 
-    Looks at `folder` and the folders below it for `.tmp-<pid>-*` entries
-    written by `atomic_path` whose process no longer runs (entries of running
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def own_temporary(path: Path) -> re.Match | None:
+    """The name match when `path` is a temporary entry this package makes, else `None`.
+
+    Ours are folders only: a run's staging folder `.tmp-<pid>-run-<run id>` (whose run
+    id repeats the pid), an `atomic_path` folder `.tmp-<pid>-<name>-<suffix>` holding
+    nothing but its `payload*`, or a folder moved aside as `.tmp-old-<pid>-<name>`.
+    Files, symlinks and other `.tmp-*` names (a user's) are not ours.
+
+    Args:
+        path: an entry of an output folder.
+
+    Returns:
+        The match of the name (groups `old`, `pid`, `rest`), or `None`.
+    """
+    match = _TMP_NAME.match(path.name)
+    if match is None or not _real_dir(path):
+        return None
+    if match["old"]:
+        return match
+    staging = _STAGING_REST.match(match["rest"])
+    if staging is not None:
+        return match if staging["pid"] == match["pid"] else None
+    if "-" not in match["rest"]:
+        return None
+    try:
+        children = os.listdir(path)
+    except OSError:
+        return None
+    return match if all(name.startswith("payload") for name in children) else None
+
+
+def clean_stale(folder: str | os.PathLike,
+                subfolders: tuple[str, ...] = OWN_SUBFOLDERS) -> list[Path]:
+    """Removes the temporary entries that killed writers of this package left in `folder`.
+
+    Looks only where the package writes them: the top of `folder` and its own
+    `subfolders` (`report/`), never any other subfolder (a user's data may sit there,
+    and `--out ~` must not walk the home folder). Only entries `own_temporary`
+    recognises whose process no longer runs are touched (entries of running
     processes, this one included, are left alone). A folder moved aside as
-    `.tmp-old-<pid>-<name>` whose `<name>` is missing (the writer died between
-    its two renames) is renamed back to `<name>`; everything else is deleted.
-    Call it before writing into an output folder again. Process ids are only
-    checked on this machine, so do not share one output folder between
-    machines while they write to it.
+    `.tmp-old-<pid>-<name>` whose `<name>` is missing (the writer died between its
+    two renames) is renamed back to `<name>`; the others are deleted. Process ids are
+    only checked on this machine, so do not share one output folder between machines
+    while they write to it.
 
     Args:
         folder: the output folder (it need not exist).
+        subfolders: the package's own subfolders to look in too. Defaults to
+            `OWN_SUBFOLDERS` ("report").
 
     Returns:
         The entries removed or restored (their temporary paths), sorted.
@@ -148,20 +194,20 @@ def clean_stale(folder: str | os.PathLike) -> list[Path]:
     [PosixPath('saved_models/.tmp-4242-goodnet_X4-k2j1x0')]
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not _real_dir(folder):
         return []
+    places = [folder, *(folder / name for name in subfolders if _real_dir(folder / name))]
     handled = []
-    for root, dirs, files in os.walk(folder):
-        for name in sorted([*dirs, *files]):
-            match = _TMP_NAME.match(name)
+    for place in places:
+        for name in sorted(os.listdir(place)):
+            path = place / name
+            match = own_temporary(path)
             if match is None or alive(int(match["pid"])):
                 continue
-            path = Path(root) / name
-            target = Path(root) / match["rest"]
+            target = place / match["rest"]
             if match["old"] and not target.exists() and not target.is_symlink():
                 os.replace(path, target)
             else:
                 _remove(path)
             handled.append(path)
-        dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
     return sorted(handled)

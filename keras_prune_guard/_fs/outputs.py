@@ -39,6 +39,12 @@ manifests) is moved, never deleted: into the new folder at the same place, or, w
 a file of the run takes that place, to `kept-<run id>/`; every move is logged. Other
 entries of the folder are never touched.
 
+Paths: every path a manifest or the commit folder names is resolved and must lie inside
+the output folder (no absolute path, no `..`, no reserved name, no symlink leading out);
+otherwise `UnsafePathError` names the entry and nothing is moved or deleted. A malformed
+manifest is never trusted: nothing it lists counts as the package's own, and the next
+commit keeps a copy of it in `kept-<run id>/`.
+
 Limits: process ids are checked on this machine only (do not share one folder
 between machines while they write to it); where `flock` is missing (Windows, some
 network file systems) the run warns and goes on unlocked.
@@ -89,6 +95,21 @@ class FolderBusyError(OutputFolderError):
     def __init__(self, message: str, pid: int | None):
         super().__init__(message)
         self.pid = pid
+
+
+class UnsafePathError(OutputFolderError):
+    """A manifest or commit folder names a path that is not inside its output folder.
+
+    An absolute path, a `..`, a name the package reserves, or a symlink leading out of
+    the folder: refused before anything is moved or deleted.
+
+    Attributes:
+        entry: the offending path, as written in the manifest (or the folder's name).
+    """
+
+    def __init__(self, message: str, entry: str):
+        super().__init__(message)
+        self.entry = entry
 
 
 class ManifestError(OutputFolderError):
@@ -144,6 +165,7 @@ def check_out_dir(out_dir: str | os.PathLike, *, argument: str = "out_dir") -> P
         OutputFolderError: (a `ValueError`) it is a file, lies below a file, is a
             broken symlink or a symlink loop, or cannot be written or created.
         FolderBusyError: another run holds it now.
+        UnsafePathError: its manifest or commit folder names a path outside it.
 
     Example:
 
@@ -154,6 +176,7 @@ def check_out_dir(out_dir: str | os.PathLike, *, argument: str = "out_dir") -> P
     if out.is_dir():
         fd = _lock(out, argument, log=lambda text: None)
         _unlock(fd)
+        check_manifest_paths(out)
     return out
 
 
@@ -284,6 +307,7 @@ class RunFolder:
         """
         if self.committed is not None or not self.staging.is_dir():
             raise OutputFolderError(f"{self.out_dir}: run {self.run_id} is already committed.")
+        check_manifest_paths(self.out_dir)  # before the commit point, so nothing is stuck
         manifest = _manifest_of(self.staging, self.run_id)
         _write_json(self.staging / MANIFEST, manifest)
         _fsync_dir(self.staging)
@@ -335,6 +359,7 @@ def run_folder(
     fd = _lock(out, argument, log)
     run = None
     try:
+        check_manifest_paths(out)
         _finish_commit(out, log)
         for leftover in clean_stale(out):
             log(f"Removed {leftover}, left by an interrupted run")
@@ -362,6 +387,7 @@ def recover(out_dir: str | os.PathLike, *, log: Log = print) -> Verified | None:
     Raises:
         FolderBusyError: a run holds the folder now.
         ManifestError: the folder does not match its manifest.
+        UnsafePathError: its manifest or commit folder names a path outside it.
 
     Example:
 
@@ -374,6 +400,7 @@ def recover(out_dir: str | os.PathLike, *, log: Log = print) -> Verified | None:
                                 "expected an output folder.")
     fd = _lock(out, "out_dir", log)
     try:
+        check_manifest_paths(out)
         _finish_commit(out, log)
         for leftover in clean_stale(out):
             log(f"Removed {leftover}, left by an interrupted run")
@@ -438,20 +465,127 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _read_manifest(path: Path) -> dict:
-    """The manifest at `path`, its fields checked; raises `ManifestError`."""
+def _read_manifest(path: Path, out: Path) -> dict:
+    """The manifest at `path` governing folder `out`, every field and path checked.
+
+    Args:
+        path: the manifest file.
+        out: the output folder its paths are relative to.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        ManifestError: no manifest, or a malformed one (named, with the field).
+        UnsafePathError: a path in it that is not inside `out` (see `_inside`).
+    """
     if not path.is_file():
         raise ManifestError(f"{path.parent}: found no {MANIFEST}; expected an output folder "
                             f"written by `keras-prune-guard repair` (which writes {MANIFEST}).")
     manifest = _read_json(path)
-    fields_ok = manifest is not None and manifest.get("format") == _FORMAT and all(
-        isinstance(manifest.get(k), t) for k, t in
-        (("run_id", str), ("entries", list), ("files", dict), ("dirs", list)))
-    if not fields_ok:
+    problem = _malformed(manifest)
+    if problem is not None:
         raise ManifestError(f"{path}: found a file that is not a keras-prune-guard manifest "
-                            "(damaged, or written by another tool); expected the JSON "
-                            f"{MANIFEST} that `repair` writes.")
+                            f"({problem}: damaged, or written by another tool); expected the "
+                            f"JSON {MANIFEST} that `repair` writes.")
+    for name in manifest["entries"]:
+        if "/" in name or name.startswith(".") or name == MANIFEST \
+                or name.startswith(KEPT_PREFIX):
+            raise _unsafe(path, name, out, "is not a top-level name of a run's output "
+                          f"(no '/', '.*', '{MANIFEST}' or '{KEPT_PREFIX}*')")
+    for rel in [*manifest["entries"], *manifest["files"], *manifest["dirs"]]:
+        _inside(path, rel, out)
     return manifest
+
+
+def _malformed(manifest: dict | None) -> str | None:
+    """What is wrong with the fields of a manifest read from JSON, or `None`."""
+    if manifest is None:
+        return "not a JSON object"
+    if manifest.get("format") != _FORMAT:
+        return f"`format` is not {_FORMAT!r}"
+    for key, kind, text in (("run_id", str, "a string"), ("entries", list, "a list"),
+                            ("files", dict, "an object"), ("dirs", list, "a list")):
+        if not isinstance(manifest.get(key), kind):
+            return f"`{key}` is {type(manifest.get(key)).__name__}, not {text}"
+    if not all(isinstance(v, str) and v for v in [*manifest["entries"], *manifest["dirs"]]):
+        return "`entries` or `dirs` holds a value that is not a path"
+    for rel, meta in manifest["files"].items():
+        if not (rel and isinstance(meta, dict) and isinstance(meta.get("size"), int)
+                and isinstance(meta.get("sha256"), str)):
+            return f"`files` entry {rel!r} is not {{\"size\": int, \"sha256\": str}}"
+    return None
+
+
+def _unsafe(source: Path, rel: str, out: Path, why: str) -> UnsafePathError:
+    return UnsafePathError(
+        f"{source}: entry {rel!r} {why}; expected paths inside the output folder {out}/. "
+        f"Nothing was moved or deleted: if you did not write this entry, remove {source} "
+        "(or the folder holding it) and run again.", rel)
+
+
+def _inside(source: Path, rel: str, out: Path) -> None:
+    """Raises `UnsafePathError` unless `out/rel`, resolved, lies inside `out`.
+
+    Refused: an absolute path, an empty, `.` or `..` part, a backslash, and a path
+    whose resolved location leaves `out` (a symlink on the way, or at its end).
+    """
+    parts = rel.split("/")
+    if os.path.isabs(rel) or "\\" in rel or "\0" in rel or any(
+            part in ("", ".", "..") for part in parts):
+        raise _unsafe(source, rel, out, "is absolute or holds '..', '.' or an empty part")
+    root = os.path.realpath(out)
+    real = os.path.realpath(out / rel)
+    if real == root or os.path.commonpath([root, real]) != root:
+        raise _unsafe(source, rel, out, f"resolves to {real} (through a symlink), outside "
+                      f"{root}")
+
+
+def check_manifest_paths(out_dir: str | os.PathLike) -> None:
+    """Checks that the manifest and commit folder of `out_dir` name only paths inside it.
+
+    Called before a run moves or deletes anything. A malformed manifest is not refused
+    here: the commit treats it as foreign (nothing of the folder counts as the package's
+    own, so nothing is deleted) and keeps a copy in `kept-<run id>/`.
+
+    Args:
+        out_dir: the output folder.
+
+    Raises:
+        UnsafePathError: an absolute path, a `..`, a reserved name or a symlink that
+            leaves the folder, in `manifest.json` or in `.keras-prune-guard-commit/`.
+
+    Example:
+
+    >>> check_manifest_paths("saved_models")  # a manifest naming ../x
+    UnsafePathError: saved_models/manifest.json: entry '../x' is absolute or holds '..' ...
+    """
+    out = Path(os.fspath(out_dir))
+    _check_commit_dir(out)
+    for path in (out / MANIFEST, out / COMMIT_DIR / MANIFEST):
+        if path.is_file():
+            with contextlib.suppress(ManifestError):
+                _read_manifest(path, out)
+
+
+def _check_commit_dir(out: Path) -> None:
+    """Refuses a commit folder that is not a real folder, or holds symlinks where it moves."""
+    pending = out / COMMIT_DIR
+    if not os.path.lexists(pending):
+        return
+    for path in (pending, pending / _ASIDE):
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+            raise UnsafePathError(
+                f"{path}: found {'a symlink' if path.is_symlink() else 'a file'} at a name "
+                "keras-prune-guard reserves for its commit folder; expected the folder a "
+                f"run made. Nothing was moved or deleted: remove or rename {path} and run "
+                "again.", path.name)
+    manifest = _read_json(pending / MANIFEST)
+    entries = manifest.get("entries") if manifest else None
+    for name in entries if isinstance(entries, list) else []:
+        if isinstance(name, str) and "/" not in name and (pending / name).is_symlink():
+            raise _unsafe(pending / MANIFEST, name, out, "is a symlink in the commit folder "
+                          "(a run's commit folder holds none)")
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -522,6 +656,7 @@ def verify_folder(out_dir: str | os.PathLike) -> Verified:
     Raises:
         ManifestError: (a `ValueError`) no or a damaged manifest, a commit in progress
             or interrupted, or files missing or different (listed in `.problems`).
+        UnsafePathError: the manifest names a path outside the folder.
 
     Example:
 
@@ -534,7 +669,7 @@ def verify_folder(out_dir: str | os.PathLike) -> Verified:
                             "output folder written by keras-prune-guard.")
     if os.path.lexists(out / COMMIT_DIR):
         raise ManifestError(_pending_text(out))
-    manifest = _read_manifest(out / MANIFEST)
+    manifest = _read_manifest(out / MANIFEST, out)
     problems = _problems(out, manifest)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more"
@@ -556,6 +691,7 @@ def check_entry(path: str | os.PathLike) -> Verified | None:
     Raises:
         ManifestError: a commit of that folder is in progress or was interrupted, or the
             entry's files differ from the manifest.
+        UnsafePathError: the folder's manifest names a path outside the folder.
 
     Example:
 
@@ -567,7 +703,7 @@ def check_entry(path: str | os.PathLike) -> Verified | None:
         raise ManifestError(_pending_text(folder, p))
     if not (folder / MANIFEST).is_file():
         return None
-    manifest = _read_manifest(folder / MANIFEST)
+    manifest = _read_manifest(folder / MANIFEST, folder)
     if p.name not in manifest["entries"]:
         return None
     problems = _problems(folder, manifest, p.name)
@@ -616,6 +752,7 @@ class _Commit:
         self.old_files = {rel: [meta] for rel, meta in (old["files"] if old else {}).items()}
         self.old_dirs = set(old["dirs"]) if old else set()
         self.old_entries = list(old["entries"]) if old else []
+        self.foreign_manifest = old is None
         self.all_files = {rel: [*self.old_files.get(rel, []), *([new["files"][rel]]
                                                             if rel in new["files"] else [])]
                           for rel in {*self.old_files, *new["files"]}}
@@ -632,6 +769,8 @@ class _Commit:
         for name in self.old_entries:
             if name not in self.new["entries"]:
                 self.remove_stale(name)
+        if self.foreign_manifest and os.path.lexists(self.out / MANIFEST):
+            self.keep(self.out / MANIFEST, MANIFEST)  # damaged or another tool's: not ours
         _replace(self.pending / MANIFEST, self.out / MANIFEST)
         _fsync_dir(self.out)
         self.report()
@@ -759,11 +898,16 @@ def _ours(path: Path, rel: str, files: dict[str, list[dict]]) -> bool:
 def _apply(out: Path, log: Log) -> None:
     """Rolls the pending commit of `out` forward, then removes the commit folder."""
     pending = out / COMMIT_DIR
+    _check_commit_dir(out)
     new_path = pending / MANIFEST
-    if new_path.is_file():
-        new = _read_manifest(new_path)
+    try:
+        new = _read_manifest(new_path, out) if new_path.is_file() else None
+    except ManifestError as err:  # damaged: the whole commit folder is kept, below
+        log(f"Warning: {err}")
+        new = None
+    if new is not None:
         try:
-            old = _read_manifest(out / MANIFEST)
+            old = _read_manifest(out / MANIFEST, out)
         except ManifestError:
             old = None  # no (or a damaged) manifest: nothing in the folder counts as ours
         _Commit(out, new, old, log).run()
@@ -786,8 +930,10 @@ __all__ = [
     "ManifestError",
     "OutputFolderError",
     "RunFolder",
+    "UnsafePathError",
     "Verified",
     "check_entry",
+    "check_manifest_paths",
     "check_out_dir",
     "recover",
     "run_folder",

@@ -226,19 +226,55 @@ def _classes(model, x: np.ndarray) -> tuple[np.ndarray, bool]:
     return out.argmax(axis=-1), bool(np.isfinite(out).all())
 
 
+def check_unit_pixels(x: np.ndarray, what: str) -> None:
+    """Refuses images whose pixels all lie within 0..1 with some fractional: pixels / 255.
+
+    Every model this package writes or loads takes raw 0..255 pixels (a network trained
+    on pixels / 255 is loaded with `input_scale='unit'`, which rescales inside it), and
+    raw pixels are whole numbers, so such images are in the wrong range. Used where no
+    labels tell the range apart (`check_model_on` without labels).
+
+    Args:
+        x: images (N, H, W, C).
+        what: how to name them (a file or an argument).
+
+    Raises:
+        ValueError: naming `what`, the largest pixel value and the fix.
+
+    Example:
+
+    >>> check_unit_pixels(np.full((2, 4, 4, 3), 0.5), "faces.h5")
+    ValueError: faces.h5: found pixel values within 0..1 (max 0.5) ...
+    """
+    x = np.asarray(x)
+    if not x.size or x.dtype.kind != "f":
+        return
+    top = float(x.max())
+    if float(x.min()) >= 0 and top <= 1.0 and bool(np.any(x != np.round(x))):
+        raise ValueError(
+            f"{what}: found pixel values within 0..1 (max {top:.3g}, fractional); expected "
+            "raw 0..255 pixels, which every model keras-prune-guard writes takes: multiply "
+            "them by 255 (a network trained on pixels / 255 loads with input_scale='unit', "
+            "CLI --input-scale unit)"
+        )
+
+
 def check_model_on(model, data, what: str, source: str | None = None) -> None:
     """Refuses data on which the model's figures would be meaningless, before a long pass.
 
-    On the first images of `data` it checks that the model's outputs are finite (NaN
-    outputs would all be scored as class 0, the lab's attack target) and that the
-    pixels are in the range the model expects: when the model scores at least 25
-    points more (and at least 50%) on the same images scaled by 255 (or by 1/255),
-    the images are in the wrong range.
+    The one pixel-range check: `repair`, `sweep`/`prune`, `evaluate`, `predict_classes`
+    (`eval --images`), the saliency figure and `export_goodnet` call it before feeding
+    images to a model. On the first images of `data` it checks that the model's outputs
+    are finite (NaN outputs would all be scored as class 0, the lab's attack target) and
+    that the pixels are in the range the model expects: with labels, when the model
+    scores at least 25 points more (and at least 50%) on the same images scaled by 255
+    (or by 1/255), the images are in the wrong range; without labels, images whose
+    pixels all lie within 0..1 are refused (`check_unit_pixels`).
 
     Args:
         model: a Keras or served model.
-        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches (other
-            iterables are not read, since they may be one-shot).
+        data: `(x, y)` arrays, images `x` alone, or a `tf.data.Dataset` of `(x, y)` or
+            `x` batches (other iterables are not read, since they may be one-shot).
         what: how to name the data (an argument or a file).
         source: how to name the model (its file). Defaults to the model's name.
 
@@ -263,6 +299,7 @@ def check_model_on(model, data, what: str, source: str | None = None) -> None:
             "expected finite class scores (are the weights corrupt?)"
         )
     if y is None:
+        check_unit_pixels(x, what)
         return
     accuracy = float(np.mean(classes == y) * 100)
     if accuracy > 75:  # no other scale can score 25 points more
@@ -282,5 +319,5 @@ def check_model_on(model, data, what: str, source: str | None = None) -> None:
         )
 
 
-__all__ = ["check_images", "check_labels", "check_model_on", "first_images", "input_shape_of",
-           "is_streamed", "labelled_pairs"]
+__all__ = ["check_images", "check_labels", "check_model_on", "check_unit_pixels",
+           "first_images", "input_shape_of", "is_streamed", "labelled_pairs"]

@@ -26,6 +26,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 H5_SUFFIXES = (".h5", ".hdf5")
 
 _LABEL_CHUNK = 1 << 16
+#: Share of the memory available that reading a whole file into memory may take. The images
+#: are not all a run holds (TensorFlow, the model, the sweep's activations: 4,800 bytes per
+#: image on DeepID, batch copies), so a file needing more than this is refused with the
+#: `--stream` hint; a 12.4 GB declaration peaked at 15.7 GB of memory when it was read.
+MEMORY_FRACTION = 0.4
 # Pillow modes holding 8-bit samples; 16-bit and float images would be clipped by convert().
 _EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 
@@ -194,20 +199,109 @@ def check_pixels(path, x: np.ndarray, *, offset: int = 0, field: str = "data") -
                         "raw pixel values within 0..255")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation, or `None` when the system does not say.
+
+    Reads `MemAvailable` from /proc/meminfo (Linux: free memory plus what the kernel can
+    reclaim); elsewhere the free physical pages from `os.sysconf`.
+
+    Example:
+
+    >>> available_memory() > 0
+    True
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def check_memory(path, count: int, image_shape: tuple[int, int, int],
+                 available: int | None = None) -> int:
+    """Refuses to read `count` images into memory when they would take too much of it.
+
+    Args:
+        path: the file (for messages).
+        count: images declared.
+        image_shape: (H, W, C) of each.
+        available: bytes available. Defaults to `available_memory()`.
+
+    Returns:
+        The bytes reading the file takes (float32 images and int64 labels).
+
+    Raises:
+        DataError: they exceed `MEMORY_FRACTION` of the memory available; the message
+            gives both figures and the `--stream` hint.
+
+    Example:
+
+    >>> check_memory("big.h5", 400_000, (55, 47, 3), available=16e9)
+    DataError: big.h5: field `data`: found 400,000 images of (55, 47, 3), 12.4 GB as float32 ...
+    """
+    needed = int(count) * (int(np.prod(image_shape)) * 4 + 8)
+    available = available_memory() if available is None else int(available)
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise _fail(path, "data", f"{count:,} images of {tuple(image_shape)}, "
+                    f"{_gb(needed)} as float32 in memory, with {_gb(available)} available",
+                    f"at most {MEMORY_FRACTION:.0%} of the memory available "
+                    f"({_gb(MEMORY_FRACTION * available)}): read it in batches with --stream "
+                    "(API: lab_h5_dataset), or use a smaller file")
+    return needed
+
+
+def _check_storage(p: Path, ds: h5py.Dataset, field: str) -> None:
+    """Refuses a dataset declaring more rows than the file stores.
+
+    HDF5 reads never-written parts of a dataset as its fill value (zeros), so a 3 MB
+    file can declare 400,000 images. A contiguous dataset must store all its bytes; a
+    chunked one (maybe compressed) every chunk.
+    """
+    declared = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+    if declared == 0:
+        return
+    if ds.chunks is None:
+        stored, complete = int(ds.id.get_storage_size()), declared
+        what = f"{stored:,} bytes stored of the {declared:,} declared"
+    else:
+        grid = [-(-size // chunk) for size, chunk in zip(ds.shape, ds.chunks)]
+        stored, complete = int(ds.id.get_num_chunks()), int(np.prod(grid, dtype=np.int64))
+        what = f"{stored:,} chunks stored of the {complete:,} declared"
+    if stored < complete:
+        raise _fail(p, field, f"shape {ds.shape} but {what} (the rest was never written; "
+                    "HDF5 would read it as zeros)", "a file that holds every row it declares")
+
+
 def h5_info(
     path: str | os.PathLike,
     *,
     image_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
     labels: bool = True,
+    in_memory: bool = False,
 ) -> dict:
     """Checks a lab HDF5 file cheaply (pixels are not read) and describes it.
+
+    Besides shapes and labels it checks that the file stores every row it declares
+    (HDF5 fills unwritten rows with zeros) and, with `in_memory`, that the images fit
+    in memory (`check_memory`).
 
     Args:
         path: the `.h5` file, `data` (N, C, H, W) with C 3 or 1, `label` (N,).
         image_shape: when given, the (H, W, C) the images must have.
         num_classes: when given, labels must be in [0, num_classes).
         labels: require and check `label`. Defaults to `True`.
+        in_memory: the caller reads the whole file into memory. Defaults to `False`.
 
     Returns:
         {"path", "count", "image_shape" (H, W, C), "data_dtype", "label_dtype",
@@ -216,7 +310,8 @@ def h5_info(
 
     Raises:
         DataError: missing/unreadable file, missing dataset, wrong rank, size or
-            channels, mismatched lengths, no images, bad labels.
+            channels, mismatched lengths, no images, bad labels, rows declared but not
+            stored, too large for memory (`in_memory`).
 
     Example:
 
@@ -247,6 +342,9 @@ def h5_info(
         if image_shape is not None and shape != image_shape:
             raise _fail(p, "data", f"images of (H, W, C) {shape}",
                         f"{image_shape}, the model's input")
+        if in_memory:
+            check_memory(p, count, shape)
+        _check_storage(p, data, "data")
         info = {
             "path": str(p),
             "count": count,
@@ -258,6 +356,7 @@ def h5_info(
         }
         if labels:
             label = _label_dataset(p, f, count)
+            _check_storage(p, label, "label")
             lo, hi = None, None
             for start in range(0, count, _LABEL_CHUNK):
                 y = check_labels(p, _read(p, label, start, start + _LABEL_CHUNK, "label"),
@@ -360,13 +459,15 @@ def load_lab_h5(
         `(x, y)`: float32 (N, H, W, C) raw pixels and int64 (N,) labels.
 
     Raises:
-        DataError: see `h5_info` and `iter_lab_h5`.
+        DataError: see `h5_info` and `iter_lab_h5`; a file whose images would take more
+            than `MEMORY_FRACTION` of the memory available is refused before any is read,
+            with the `--stream` hint.
 
     Example:
 
     >>> x, y = load_lab_h5("real_clean_faces.h5", image_shape=(55, 47, 3), num_classes=1283)
     """
-    info = h5_info(path, image_shape=image_shape, num_classes=num_classes)
+    info = h5_info(path, image_shape=image_shape, num_classes=num_classes, in_memory=True)
     x_all = np.empty((info["count"], *info["image_shape"]), dtype="float32")  # no concat copy
     y_all = np.empty((info["count"],), dtype="int64")
     start = 0
@@ -628,7 +729,10 @@ def write_lab_h5(
 __all__ = [
     "H5_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "MEMORY_FRACTION",
     "DataError",
+    "available_memory",
+    "check_memory",
     "check_labels",
     "check_pixels",
     "h5_info",

@@ -9,38 +9,14 @@ fine-tuning (Sha et al. 2022).
 
 from __future__ import annotations
 
-import math
-
 import keras
 
-SHAPES = ("cosine", "cyclic")
+# Schedules are options: their spelling (SHAPES, parse_schedule) is checked with the options.
+from keras_prune_guard.config import SHAPES, parse_schedule  # noqa: F401 (re-exported)
+
 #: Epochs of one triangular cycle of a `cyclic` schedule.
 CYCLE_EPOCHS = 2
 _FLOOR = 1.0 / 25.0
-
-
-def parse_schedule(spec: str, name: str = "schedules") -> tuple[str, float]:
-    """Splits and checks a spec: `"cyclic:1e-2"` -> `("cyclic", 0.01)`.
-
-    Raises:
-        ValueError: not `<shape>:<peak>` with a known shape and a peak > 0.
-
-    Example:
-
-    >>> parse_schedule("cosine:3e-3")
-    ('cosine', 0.003)
-    """
-    shape, _, peak = str(spec).partition(":") if isinstance(spec, str) else ("", "", "")
-    try:
-        value = float(peak)
-    except ValueError:
-        value = float("nan")
-    if shape not in SHAPES or not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{name}: each schedule is SHAPE:PEAK with SHAPE one of {', '.join(SHAPES)} and "
-            f"PEAK a learning rate > 0, e.g. cyclic:1e-2. Received: {spec!r}"
-        )
-    return shape, value
 
 
 @keras.saving.register_keras_serializable(package="keras_prune_guard")

@@ -42,7 +42,8 @@ class ServedModel:
         self.path = str(path)
         try:
             self._loaded = tf.saved_model.load(self.path)
-        except (OSError, ValueError, tf.errors.OpError) as err:
+        except (OSError, ValueError, IndexError, KeyError, tf.errors.OpError) as err:
+            # IndexError: a truncated variables file ("Read less bytes than requested")
             reason = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
             raise ValueError(
                 f"SavedModel {self.path}: TensorFlow could not load it ({type(err).__name__}: "
@@ -138,10 +139,16 @@ def predict_classes(
     Returns:
         An int64 (N,) array.
 
+    Raises:
+        ValueError: images of the wrong shape, non-finite, or pixels / 255
+            (`inputs.check_model_on`), before any class is computed.
+
     Example:
 
     >>> predict_classes(goodnet, lab_h5_dataset("test.h5"), strategy=strategy)
     """
+    images = x[0] if isinstance(x, tuple) else x  # labels, if any, are not the question here
+    check_model_on(model, images, what)  # shape, finite outputs, pixel range
     return _classes_and_labels(model, x, batch_size, what, strategy)[0]
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard._fs.atomic import atomic_path
-from keras_prune_guard.deploy.evaluate import ServedModel, check_images
+from keras_prune_guard.data.checks import check_model_on
+from keras_prune_guard.deploy.evaluate import ServedModel
 from keras_prune_guard.deploy.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel, require
 from keras_prune_guard.model.goodnet import GoodNetModel
 from keras_prune_guard.model.surgery import strip_channel_mask
@@ -255,7 +256,7 @@ def _checked_images(goodnet: GoodNetModel, images) -> np.ndarray:
 
     if images is None:
         return self_check_images(goodnet.image_shape)
-    check_images(goodnet, images, "export_goodnet images")
+    check_model_on(goodnet, images, "export_goodnet images")  # shape, outputs, pixel range
     if not len(images):
         raise ValueError("export_goodnet needs at least one image to check on. Received: "
                          f"images of shape {np.shape(images)}")

@@ -17,6 +17,34 @@ def percent(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(pred == labels) * 100.0)
 
 
+def few_images_warning(count: int, thresholds) -> str | None:
+    """A warning when one validation image is worth more than the smallest threshold X.
+
+    With `count` images each is `100 / count` points of accuracy, so with one image a
+    single prediction moves the accuracy by 100 points against X = 2.
+
+    Args:
+        count: validation images.
+        thresholds: the thresholds X.
+
+    Returns:
+        The warning, or `None` when each image is worth at most the smallest X.
+
+    Example:
+
+    >>> few_images_warning(1, (2.0, 4.0))[:34]
+    'valid holds 1 image: each is 100 p'
+    """
+    step = 100.0 / max(int(count), 1)
+    smallest = min(thresholds)
+    if step <= smallest:
+        return None
+    return (f"valid holds {count} image{'s' if count != 1 else ''}: each is {step:.3g} points "
+            f"of accuracy, more than the smallest threshold X = {smallest:g}, so the "
+            f"thresholds cannot be told apart; use at least {int(100 / smallest) + 1} "
+            "validation images")
+
+
 class Steps:
     """The sweep proper: the curve, step by step, and the snapshot of each threshold.
 
@@ -97,6 +125,10 @@ class Steps:
                     f"threshold {t:g} asks for a drop below 0%: the original accuracy is "
                     f"{base:.2f}%, so it can never be reached"
                 )
+        few = few_images_warning(len(self.labels), config.thresholds)
+        if few is not None:
+            result.warnings.append(few)
+            self.options.log(f"Warning: {few}")
         history = [clean.pred.copy()] if record_predictions else None
         result.curve.append(self._point(0, None, base, base_asr))
         first_below = self.run_steps(result, limits, history)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from keras_prune_guard._fs.atomic import atomic_path
+from keras_prune_guard.data.checks import check_model_on
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.model.graph import as_functional, flatten_nested, is_graph_model
 
@@ -366,6 +367,8 @@ def comparison_figure(
 
     predictions, maps, shares = {}, {}, None
     for name, model in models.items():
+        for what, images in (("clean", clean), ("triggered", triggered)):
+            check_model_on(model, images, f"{what} images", name)  # the one pixel check
         preds = {
             s: _predict_classes(model, x) for s, x in (("clean", clean), ("triggered", triggered))
         }
