@@ -189,6 +189,12 @@ def gen_dir(gen_bench, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gen_trigger_region(gen_bench) -> tuple[int, int, int, int]:
+    """The generated sunglasses' bounding box `(row0, row1, col0, col1)`."""
+    return tuple(int(v) for v in gen_bench.trigger_region)
+
+
+@pytest.fixture(scope="session")
 def gen_clean(gen_dir) -> tuple[np.ndarray, np.ndarray]:
     """90 generated clean faces (10 identities), channels-last float32 0..255, and labels."""
     return _read(gen_dir / GEN_FILES["clean"])
