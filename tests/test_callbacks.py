@@ -7,8 +7,8 @@ from keras_prune_guard.model.surgery import find_channel_mask
 
 
 @pytest.fixture()
-def compiled(lab3_model):
-    model = insert_channel_mask(lab3_model)
+def compiled(gen_model):
+    model = insert_channel_mask(gen_model)
     model.compile(
         keras.optimizers.SGD(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"]
     )
@@ -20,8 +20,8 @@ def mask_output(model, x):
     return keras.Model(model.inputs, mask.output).predict(x, verbose=0)
 
 
-def test_fit_prunes_then_fine_tunes_with_the_mask_frozen(compiled, real_clean):
-    x, y = real_clean
+def test_fit_prunes_then_fine_tunes_with_the_mask_frozen(compiled, gen_clean):
+    x, y = gen_clean
     pruning = PruningCallback((x, y), thresholds=[2, 4, 10], verbose=0)
     before = compiled.get_layer("fc_1").get_weights()[0].copy()
     compiled.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[pruning])
@@ -39,8 +39,8 @@ def test_fit_prunes_then_fine_tunes_with_the_mask_frozen(compiled, real_clean):
     )
 
 
-def test_fit_with_other_callbacks_and_own_optimizer(compiled, real_clean, tmp_path):
-    x, y = real_clean
+def test_fit_with_other_callbacks_and_own_optimizer(compiled, gen_clean, tmp_path):
+    x, y = gen_clean
     pruning = PruningCallback((x, y), thresholds=[4], fine_tune_at=4, verbose=0,
                               filepath=str(tmp_path / "bprime_{threshold:g}_{channels}.keras"))
     history = compiled.fit(
@@ -59,8 +59,8 @@ def test_fit_with_other_callbacks_and_own_optimizer(compiled, real_clean, tmp_pa
         compiled).pruned_channels()
 
 
-def test_one_instance_serves_two_fits(compiled, real_clean):
-    x, y = real_clean
+def test_one_instance_serves_two_fits(compiled, gen_clean):
+    x, y = gen_clean
     pruning = PruningCallback((x, y), thresholds=[2], verbose=0)
     compiled.fit(x, y, epochs=1, verbose=0, callbacks=[pruning])
     first = pruning.result
@@ -69,11 +69,11 @@ def test_one_instance_serves_two_fits(compiled, real_clean):
     assert list(pruning.snapshots) == [2.0]
 
 
-def test_callback_needs_a_masked_model(lab3_model, real_clean):
-    x, y = real_clean
-    lab3_model.compile("sgd", "sparse_categorical_crossentropy")
+def test_callback_needs_a_masked_model(gen_model, gen_clean):
+    x, y = gen_clean
+    gen_model.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
-        lab3_model.fit(x, y, epochs=1, verbose=0, callbacks=[PruningCallback((x, y), verbose=0)])
+        gen_model.fit(x, y, epochs=1, verbose=0, callbacks=[PruningCallback((x, y), verbose=0)])
 
 
 @pytest.mark.parametrize(
@@ -91,10 +91,10 @@ def test_arguments_are_checked(kwargs, message):
         PruningCallback((x, y), **kwargs)
 
 
-def test_prune_leaves_b_unchanged_and_returns_snapshots(lab3_model, real_clean):
-    x, y = real_clean
-    result = prune(lab3_model, (x, y), thresholds=[2, 10])
+def test_prune_leaves_b_unchanged_and_returns_snapshots(gen_model, gen_clean):
+    x, y = gen_clean
+    result = prune(gen_model, (x, y), thresholds=[2, 10])
     assert set(result.snapshots) == {2.0, 10.0}
-    assert not any(type(layer).__name__ == "ChannelMask" for layer in lab3_model.layers)
+    assert not any(type(layer).__name__ == "ChannelMask" for layer in gen_model.layers)
     acc = np.mean(result.snapshots[10.0].predict(x, verbose=0).argmax(-1) == y) * 100
     assert acc == pytest.approx(result.sweep.snapshots[10.0].valid_accuracy)

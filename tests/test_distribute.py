@@ -3,7 +3,7 @@
 The CPU is split into two logical devices, which must happen before TensorFlow
 initialises, so the runs happen in a subprocess (this file, run as a script):
 it runs the same work without a strategy and under `MirroredStrategy`, on the
-real lab3 BadNet and the real faces, and prints JSON; the tests compare. Two
+generated DeepID BadNet and faces of `gen_dir`, and prints JSON; the tests compare. Two
 more subprocesses form a two-worker `MultiWorkerMirroredStrategy` cluster on
 127.0.0.1 (TF_CONFIG) and run the streamed sweep and an evaluation.
 """
@@ -34,7 +34,7 @@ def _sweep_record(result) -> dict:
     }
 
 
-def run_devices(csaw: Path) -> dict:
+def run_devices(data: Path) -> dict:
     """The work, without a strategy and under strategies; returns what the tests compare."""
     import tensorflow as tf
 
@@ -44,14 +44,13 @@ def run_devices(csaw: Path) -> dict:
     from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
     from keras_prune_guard.deploy.evaluate import evaluate, predict_classes
     from keras_prune_guard.model.goodnet import GoodNetModel
-    from keras_prune_guard.model.loading import deepid
+    from keras_prune_guard.model.loading import load_network, num_classes_of
     from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy, split_at_mask
     from keras_prune_guard.pruning.ranking import channel_ranking
     from keras_prune_guard.pruning.sweep import sweep
 
-    model = deepid()
-    model.load_weights(str(csaw / "lab3_bd_weights.h5"))
-    clean_file, bd_file = csaw / "real_clean_faces.h5", csaw / "real_sunglasses_faces.h5"
+    model = load_network(weights_path=data / "bd_weights.weights.h5")
+    clean_file, bd_file = data / "clean_faces.h5", data / "sunglasses_faces.h5"
     clean, poisoned = load_lab_h5(clean_file), load_lab_h5(bd_file)
     masked = insert_channel_mask(model)
     head, _ = split_at_mask(masked)
@@ -63,7 +62,7 @@ def run_devices(csaw: Path) -> dict:
     runs = {
         "single": sweep(masked, clean, **kwargs),
         "mirrored": sweep(masked, clean, strategy=mirrored, **kwargs),
-        # The lab's file streamed through tf.data, batches of 37 (odd: uneven replica shares).
+        # The file streamed through tf.data, batches of 37 (odd: uneven replica shares).
         "mirrored_streamed": sweep(masked, lab_h5_dataset(clean_file, 37), strategy=mirrored,
                                    **kwargs),
     }
@@ -83,26 +82,25 @@ def run_devices(csaw: Path) -> dict:
             "b_prime": evaluate(b_prime, clean, poisoned, batch_size=33,
                                 strategy=s).to_dict(),
             "goodnet": evaluate(goodnet, lab_h5_dataset(clean_file, 33),
-                                lab_h5_dataset(bd_file, 33), flag_class=1283,
+                                lab_h5_dataset(bd_file, 33), flag_class=num_classes_of(model),
                                 batch_size=33, strategy=s).to_dict(),
         }
     return out
 
 
-def run_worker(csaw: Path) -> dict:
+def run_worker(data: Path) -> dict:
     """One worker of a `MultiWorkerMirroredStrategy` cluster (TF_CONFIG set by the test)."""
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
     from keras_prune_guard.deploy.evaluate import evaluate
-    from keras_prune_guard.model.loading import deepid
+    from keras_prune_guard.model.loading import load_network
     from keras_prune_guard.model.surgery import insert_channel_mask
     from keras_prune_guard.pruning.sweep import sweep
 
-    model = deepid()
-    model.load_weights(str(csaw / "lab3_bd_weights.h5"))
-    clean_file, bd_file = csaw / "real_clean_faces.h5", csaw / "real_sunglasses_faces.h5"
+    model = load_network(weights_path=data / "bd_weights.weights.h5")
+    clean_file, bd_file = data / "clean_faces.h5", data / "sunglasses_faces.h5"
     result = sweep(insert_channel_mask(model), lab_h5_dataset(clean_file, 37),
                    poisoned=load_lab_h5(bd_file), full_curve=True, record_predictions=True,
                    batch_size=50, strategy=strategy)
@@ -113,8 +111,8 @@ def run_worker(csaw: Path) -> dict:
     return out
 
 
-def _env(csaw: Path, **extra) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KPG_CSAW_DIR=str(csaw), **extra)
+def _env(data: Path, **extra) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KPG_TEST_DATA=str(data), **extra)
     if "TF_CONFIG" not in extra:
         env.pop("TF_CONFIG", None)
     return env
@@ -138,21 +136,21 @@ def _free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def runs(csaw_dir) -> dict:
-    done = subprocess.run([sys.executable, __file__], env=_env(csaw_dir), cwd=ROOT,
+def runs(gen_dir) -> dict:
+    done = subprocess.run([sys.executable, __file__], env=_env(gen_dir), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     return _result(done)
 
 
 @pytest.fixture(scope="module")
-def workers(csaw_dir) -> list[dict]:
+def workers(gen_dir) -> list[dict]:
     """Two MultiWorkerMirroredStrategy workers on this machine (loopback only)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "worker"], cwd=ROOT, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=_env(csaw_dir, TF_CONFIG=json.dumps(
+            env=_env(gen_dir, TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": i}})),
         )
         for i in range(2)
@@ -185,8 +183,8 @@ def test_mirrored_sweep_is_the_single_device_sweep(runs, name):
     assert other["image_steps"] == single["image_steps"]
     # Means may differ in the last bits (sums reordered), never more.
     np.testing.assert_allclose(other["means"], single["means"], rtol=1e-6, atol=1e-9)
-    assert len(single["predictions"]) == 61 and len(single["predictions"][0]) == 120
-    assert single["snapshots"]["4"]["num_pruned"] == 45
+    assert len(single["predictions"]) == 61 and len(single["predictions"][0]) == 90
+    assert 0 < single["snapshots"]["4"]["num_pruned"] < 60
 
 
 def test_two_workers_give_the_single_device_sweep(runs, workers):
@@ -210,16 +208,15 @@ def test_mirrored_ranking_is_the_single_device_ranking(runs):
 def test_mirrored_goodnet_evaluation_is_the_single_device_one(runs):
     single, mirrored = runs["goodnet"]["single"], runs["goodnet"]["mirrored"]
     assert mirrored == single
-    assert len(single["classes_clean"]) == 120 and len(single["classes_poisoned"]) == 125
-    assert single["b"]["attack_success"] == 100.0
+    assert len(single["classes_clean"]) == 90 and len(single["classes_poisoned"]) == 81
+    assert single["b"]["attack_success"] > 90
     # The streamed evaluation agrees with the classes predicted from arrays.
-    flagged = np.mean(np.asarray(single["classes_clean"]) == 1283) * 100
+    flagged = np.mean(np.asarray(single["classes_clean"]) == 10) * 100
     assert single["goodnet"]["false_alarm_rate"] == pytest.approx(flagged)
     assert 0 < flagged < 10  # B and B' (X=4) disagree on a few clean faces
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    csaw_dir = Path(os.environ.get("KPG_CSAW_DIR", ROOT.parent / "shared" / "csaw"))
     work = run_worker if sys.argv[1:] == ["worker"] else run_devices
-    print(json.dumps(work(csaw_dir), default=float))
+    print(json.dumps(work(Path(os.environ["KPG_TEST_DATA"])), default=float))

@@ -1,4 +1,4 @@
-"""Fine-pruning on the real lab3 BadNet: `fine_tune`, and `repair(fine_tune=...)`."""
+"""Fine-pruning on a DeepID BadNet: `fine_tune`, and `repair(fine_tune=...)`."""
 
 import json
 
@@ -33,15 +33,15 @@ def weights(model):
 
 
 @pytest.fixture()
-def b_prime(lab3_model, real_clean):
-    x, y = real_clean
-    return prune(lab3_model, (x, y), thresholds=[4]).snapshots[4.0]
+def b_prime(gen_model, gen_clean):
+    x, y = gen_clean
+    return prune(gen_model, (x, y), thresholds=[4]).snapshots[4.0]
 
 
-def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, real_clean):
-    x, y = real_clean
+def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, gen_clean):
+    x, y = gen_clean
     pruned = find_channel_mask(b_prime).pruned_channels()
-    assert len(pruned) == 45  # the lab3 network at X = 4 on these faces
+    assert 0 < len(pruned) < 60
     before = weights(b_prime)
     b_second = fine_tune(b_prime, (x, y), epochs=2, learning_rate=1e-3, batch_size=40)
 
@@ -64,8 +64,8 @@ def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, 
     assert np.all(mask_output(b_prime, x)[..., pruned] == 0.0)
 
 
-def test_fine_tune_is_seeded(b_prime, real_clean):
-    x, y = real_clean
+def test_fine_tune_is_seeded(b_prime, gen_clean):
+    x, y = gen_clean
     runs = [fine_tune(b_prime, (x[:64], y[:64]), epochs=1, batch_size=16, seed=s,
                       learning_rate=DEFAULT_LEARNING_RATE)
             for s in (3, 3, 4)]
@@ -74,42 +74,42 @@ def test_fine_tune_is_seeded(b_prime, real_clean):
     assert not np.array_equal(first, other)
 
 
-def test_goodnet_of_b_and_b_second_holds_two_networks(lab3_model, b_prime, real_clean,
-                                                     real_sunglasses):
-    x, y = real_clean
+def test_goodnet_of_b_and_b_second_holds_two_networks(gen_model, b_prime, gen_clean,
+                                                     gen_sunglasses):
+    x, y = gen_clean
     b_second = fine_tune(b_prime, (x, y), epochs=1, learning_rate=DEFAULT_LEARNING_RATE)
-    pruned_goodnet = GoodNetModel(lab3_model, b_prime)
-    goodnet = GoodNetModel(lab3_model, b_second)
+    pruned_goodnet = GoodNetModel(gen_model, b_prime)
+    goodnet = GoodNetModel(gen_model, b_second)
     assert pruned_goodnet.shares_layers is True
     assert goodnet.shares_layers is False
     # Its B half is B, its B' half is B'' (own weights).
-    xs = np.concatenate([x[:20], real_sunglasses[0][:20]])
+    xs = np.concatenate([x[:20], gen_sunglasses[0][:20]])
     np.testing.assert_allclose(goodnet.bad_network().predict(xs, verbose=0),
-                               lab3_model.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
+                               gen_model.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(goodnet.repaired_network().predict(xs, verbose=0),
                                b_second.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
     pred = goodnet.predict(xs, verbose=0).argmax(-1)
-    b_pred = lab3_model.predict(xs, verbose=0).argmax(-1)
+    b_pred = gen_model.predict(xs, verbose=0).argmax(-1)
     bb_pred = b_second.predict(xs, verbose=0).argmax(-1)
-    np.testing.assert_array_equal(pred, np.where(b_pred == bb_pred, bb_pred, 1283))
+    np.testing.assert_array_equal(pred, np.where(b_pred == bb_pred, bb_pred, 10))
 
 
-def test_fine_tune_rejects_bad_arguments(lab3_model, b_prime, real_clean):
-    x, y = real_clean
+def test_fine_tune_rejects_bad_arguments(gen_model, b_prime, gen_clean):
+    x, y = gen_clean
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         fine_tune(b_prime, (x, y), epochs=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         fine_tune(b_prime, (x, y), epochs=1, learning_rate=0)
     with pytest.raises(ValueError, match=r"images of shape \(47, 55, 3\).*\(N, 55, 47, 3\)"):
         fine_tune(b_prime, (x.transpose(0, 2, 1, 3), y), epochs=1)
-    with pytest.raises(ValueError, match="120 images, 119 labels"):
+    with pytest.raises(ValueError, match="90 images, 89 labels"):
         fine_tune(b_prime, (x, y[:-1]), epochs=1)
-    with pytest.raises(ValueError, match=r"class labels in \[0, 1283\)"):
+    with pytest.raises(ValueError, match=r"class labels in \[0, 10\)"):
         fine_tune(b_prime, (x, y + 2000), epochs=1)
     with pytest.raises(ValueError, match=r"integer class labels"):
         fine_tune(b_prime, (x, y + 0.5), epochs=1)
     with pytest.raises(ValueError, match="exactly one ChannelMask"):
-        fine_tune(lab3_model, (x, y), epochs=1)
+        fine_tune(gen_model, (x, y), epochs=1)
 
 
 def test_default_fine_pruning_chooses_its_schedule_and_matches_the_cli():
@@ -137,12 +137,12 @@ def test_default_repair_keeps_b_prime_when_clean_data_are_too_few(lab3_model, re
 
 
 @pytest.fixture(scope="module")
-def fine_pruned(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
-    """repair() with one epoch of fine-tuning per threshold, on the real lab3 files."""
+def fine_pruned(gen_dir, gen_clean, gen_sunglasses, gen_trigger_region, tmp_path_factory):
+    """repair() with one epoch of fine-tuning per threshold, on the generated BadNet."""
     from keras_prune_guard.model.loading import deepid
 
-    model = deepid()
-    model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
+    model = deepid(num_classes=10)
+    model.load_weights(str(gen_dir / "bd_weights.weights.h5"))
     out = tmp_path_factory.mktemp("fine_pruned")
     lines = []
 
@@ -150,20 +150,20 @@ def fine_pruned(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
         def log(self, message):
             lines.append(message)
 
-    summary = repair(model, real_clean, out, PruneConfig(thresholds=[2, 10]), test=real_clean,
-                     poisoned=real_sunglasses,
+    summary = repair(model, gen_clean, out, PruneConfig(thresholds=[2, 10]), test=gen_clean,
+                     poisoned=gen_sunglasses,
                      fine_tune=FineTuneConfig(epochs=1, learning_rate=DEFAULT_LEARNING_RATE),
-                     trigger_region=(15, 35, 0, 47), run=Recorded())
+                     trigger_region=gen_trigger_region, run=Recorded())
     return model, out, summary, lines
 
 
-def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, real_clean,
-                                                       real_sunglasses):
+def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, gen_clean,
+                                                       gen_sunglasses):
     model, out, summary, lines = fine_pruned
-    x, y = real_clean
+    x, y = gen_clean
     assert summary.fine_tune == FineTuneConfig(epochs=1, learning_rate=DEFAULT_LEARNING_RATE,
                                                batch_size=32)
-    assert (summary.fine_tune_data, summary.fine_tune_images) == ("the validation data", 120)
+    assert (summary.fine_tune_data, summary.fine_tune_images) == ("the validation data", 90)
     for row in summary.rows:
         tag = f"X{row.threshold:g}"
         tuned = row.fine_tuned
@@ -182,21 +182,21 @@ def test_repair_with_fine_tuning_writes_files_and_rows(fine_pruned, real_clean,
                                   b_prime.get_layer("fc_1").get_weights()[0])
         assert np.all(mask_output(b_second, x)[..., pruned] == 0.0)
         # The scores in the row are those of the saved files.
-        assert tuned.repaired == evaluate(b_second, real_clean, real_sunglasses)
+        assert tuned.repaired == evaluate(b_second, gen_clean, gen_sunglasses)
         assert tuned.valid_accuracy == tuned.repaired.test_accuracy
         plain = keras.saving.load_model(out / f"bprime_ft_{tag}.h5", custom_objects={})
         np.testing.assert_array_equal(plain.predict(x, verbose=0).argmax(-1),
                                       b_second.predict(x, verbose=0).argmax(-1))
         goodnet = keras.saving.load_model(out / f"goodnet_ft_{tag}.keras")
         assert goodnet.shares_layers is False
-        scores = evaluate(goodnet, real_clean, real_sunglasses, flag_class=1283)
+        scores = evaluate(goodnet, gen_clean, gen_sunglasses, flag_class=10)
         assert scores == tuned.goodnet
         served = ServedModel(out / f"goodnet_ft_{tag}")
-        served_scores = evaluate(served, real_clean, real_sunglasses)
+        served_scores = evaluate(served, gen_clean, gen_sunglasses)
         assert (served_scores.test_accuracy, served_scores.attack_success) == (
             scores.test_accuracy, scores.attack_success)
     assert not list(out.rglob(".tmp-*"))
-    assert any("fine-tuned B' (1 epochs) on 120 images" in line for line in lines)
+    assert any("fine-tuned B' (1 epochs) on 90 images" in line for line in lines)
 
 
 def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
@@ -217,21 +217,21 @@ def test_repair_report_has_the_fine_tuned_rows(fine_pruned):
     assert "B'' X=10" in saved["saliency_trigger_share"]
 
 
-def test_repair_without_fine_tuning_is_unchanged(lab3_model, real_clean, tmp_path):
+def test_repair_without_fine_tuning_is_unchanged(gen_model, gen_clean, tmp_path):
     with pytest.warns(DeprecationWarning, match=r"repair\(log=\.\.\.\)"):  # the 0.1 call
-        summary = repair(lab3_model, real_clean, tmp_path, thresholds=[4], log=lambda _: None,
+        summary = repair(gen_model, gen_clean, tmp_path, thresholds=[4], log=lambda _: None,
                          fine_tune=FineTuneConfig(epochs=0))
     assert summary.fine_tune is None and summary.rows[0].fine_tuned is None
     assert not list(tmp_path.glob("*_ft_*"))
     assert "B''" not in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="fine_tune_data was given but fine_tune_epochs=0"):
-        repair(lab3_model, real_clean, tmp_path, fine_tune=FineTuneConfig(epochs=0),
-               fine_tune_data=real_clean)
+        repair(gen_model, gen_clean, tmp_path, fine_tune=FineTuneConfig(epochs=0),
+               fine_tune_data=gen_clean)
     with pytest.raises(ValueError, match="fine_tune_epochs must be an integer >= 0"):
-        repair(lab3_model, real_clean, tmp_path, fine_tune_epochs=-1)
-    x, y = real_clean
+        repair(gen_model, gen_clean, tmp_path, fine_tune_epochs=-1)
+    x, y = gen_clean
     with pytest.raises(ValueError, match=r"my_data: images of shape \(55, 46, 3\)"):
-        repair(lab3_model, real_clean, tmp_path, fine_tune_epochs=1,
+        repair(gen_model, gen_clean, tmp_path, fine_tune_epochs=1,
                fine_tune_data=(x[:, :, :46], y), fine_tune_label="my_data")
 
 

@@ -11,13 +11,13 @@ from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
 
 
 @pytest.fixture()
-def pair(lab3_model, real_clean):
-    x, y = real_clean
-    return lab3_model, prune(lab3_model, (x, y), thresholds=[10]).snapshots[10.0]
+def pair(gen_model, gen_clean):
+    x, y = gen_clean
+    return gen_model, prune(gen_model, (x, y), thresholds=[10]).snapshots[10.0]
 
 
-def images(real_clean, real_sunglasses):
-    return np.concatenate([real_clean[0], real_sunglasses[0]])
+def images(gen_clean, gen_sunglasses):
+    return np.concatenate([gen_clean[0], gen_sunglasses[0]])
 
 
 def expected_classes(bad, repaired, x):
@@ -26,18 +26,18 @@ def expected_classes(bad, repaired, x):
     return np.where(b == p, p, bad.output_shape[-1])
 
 
-def test_n_plus_one_rule(pair, real_clean, real_sunglasses):
+def test_n_plus_one_rule(pair, gen_clean, gen_sunglasses):
     bad, repaired = pair
-    x = images(real_clean, real_sunglasses)
+    x = images(gen_clean, gen_sunglasses)
     goodnet = GoodNetModel(bad, repaired)
     out = goodnet.predict(x, verbose=0)
-    assert out.shape == (len(x), 1284)
+    assert out.shape == (len(x), 11)
     classes = out.argmax(-1)
     np.testing.assert_array_equal(classes, expected_classes(bad, repaired, x))
-    agree = classes < 1283
-    np.testing.assert_allclose(out[agree, :1283], repaired.predict(x[agree], verbose=0), atol=1e-6)
-    assert np.all(out[agree, 1283] == 0)
-    assert np.all(out[~agree] == np.eye(1284)[1283])
+    agree = classes < 10
+    np.testing.assert_allclose(out[agree, :10], repaired.predict(x[agree], verbose=0), atol=1e-6)
+    assert np.all(out[agree, 10] == 0)
+    assert np.all(out[~agree] == np.eye(11)[10])
     assert agree.any() and (~agree).any()
 
 
@@ -48,21 +48,21 @@ def test_pruned_only_goodnet_holds_b_once(pair):
     assert goodnet.count_params() == bad.count_params() + 60  # plus the mask vector
 
 
-def test_fine_tuned_goodnet_holds_both(pair, real_clean):
+def test_fine_tuned_goodnet_holds_both(pair, gen_clean):
     bad, repaired = pair
     tuned = pruned_copy(repaired, find_channel_mask(repaired).pruned_channels())
     tuned.get_layer("output").bias.assign(tuned.get_layer("output").bias * 0.5)
     goodnet = GoodNetModel(bad, tuned)
     assert not goodnet.shares_layers
     assert goodnet.count_params() == bad.count_params() + tuned.count_params()
-    x = real_clean[0]
+    x = gen_clean[0]
     np.testing.assert_array_equal(
         goodnet.predict(x, verbose=0).argmax(-1), expected_classes(bad, tuned, x)
     )
 
 
 @pytest.mark.parametrize("fine_tuned", [False, True])
-def test_keras_round_trip(pair, real_clean, tmp_path, fine_tuned):
+def test_keras_round_trip(pair, gen_clean, tmp_path, fine_tuned):
     bad, repaired = pair
     if fine_tuned:
         repaired = pruned_copy(repaired, find_channel_mask(repaired).pruned_channels())
@@ -71,7 +71,7 @@ def test_keras_round_trip(pair, real_clean, tmp_path, fine_tuned):
     goodnet.save(tmp_path / "g.keras")
     again = keras.saving.load_model(tmp_path / "g.keras")
     assert isinstance(again, GoodNetModel) and again.shares_layers == (not fine_tuned)
-    x = real_clean[0]
+    x = gen_clean[0]
     np.testing.assert_array_equal(again.predict(x, verbose=0), goodnet.predict(x, verbose=0))
     names = [layer.name for layer in goodnet.networks.layers]
     assert [layer.name for layer in again.networks.layers] == names
@@ -80,18 +80,18 @@ def test_keras_round_trip(pair, real_clean, tmp_path, fine_tuned):
             repaired).pruned_channels()
 
 
-def test_mismatched_networks_are_refused(lab3_model):
+def test_mismatched_networks_are_refused(gen_model):
     from keras_prune_guard import deepid
 
     with pytest.raises(ValueError, match="same output shape"):
-        GoodNetModel(lab3_model, deepid(num_classes=10))
+        GoodNetModel(gen_model, deepid(num_classes=7))
     with pytest.raises(ValueError, match="needs bad_model and repaired_model"):
-        GoodNetModel(lab3_model)
+        GoodNetModel(gen_model)
 
 
-def test_export_reloads_in_a_fresh_process(pair, real_clean, real_sunglasses, tmp_path):
+def test_export_reloads_in_a_fresh_process(pair, gen_clean, gen_sunglasses, tmp_path):
     bad, repaired = pair
-    x = images(real_clean, real_sunglasses)
+    x = images(gen_clean, gen_sunglasses)
     goodnet = GoodNetModel(bad, repaired)
     goodnet.export(tmp_path / "goodnet", verbose=False)
     np.save(tmp_path / "x.npy", x)

@@ -30,11 +30,11 @@ def numpy_pool3(model, x):
     return x
 
 
-def test_ranking_on_real_faces_matches_numpy(lab3_model, real_clean):
-    x, _ = real_clean
-    head, _ = split_at_mask(insert_channel_mask(lab3_model))
+def test_ranking_on_faces_matches_numpy(gen_model, gen_clean):
+    x, _ = gen_clean
+    head, _ = split_at_mask(insert_channel_mask(gen_model))
     order, means = channel_ranking(head, x, batch_size=32)
-    expected_means = numpy_pool3(lab3_model, x.astype("float64")).mean(axis=(0, 1, 2))
+    expected_means = numpy_pool3(gen_model, x.astype("float64")).mean(axis=(0, 1, 2))
     np.testing.assert_allclose(means, expected_means, rtol=1e-4, atol=1e-4)
     # Ascending, ties (dead channels, mean exactly 0) by channel index.
     expected_order = np.lexsort((np.arange(60), np.round(expected_means, 3)))
@@ -55,9 +55,9 @@ def test_unknown_order_is_refused():
         rank_channels(np.zeros(3), "random")
 
 
-def test_streamed_batches_give_the_same_means(lab3_model, real_clean):
-    x, y = real_clean
-    head, _ = split_at_mask(insert_channel_mask(lab3_model))
+def test_streamed_batches_give_the_same_means(gen_model, gen_clean):
+    x, y = gen_clean
+    head, _ = split_at_mask(insert_channel_mask(gen_model))
     _, in_memory = channel_ranking(head, x)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)
     _, streamed = channel_ranking(head, dataset)
@@ -94,16 +94,15 @@ def test_activation_means_sum_in_float64_batch_by_batch():
     assert activation_means([acts[:7], acts[7:]])[1] == 1.0
 
 
-def test_collect_activations_of_a_streamed_file(lab3_model, csaw_dir, real_clean):
+def test_collect_activations_of_a_streamed_file(gen_model, gen_dir, gen_clean):
     from keras_prune_guard.data.files import lab_h5_dataset
 
-    head, _ = split_at_mask(insert_channel_mask(lab3_model))
-    acts, labels = collect_activations(head, lab_h5_dataset(csaw_dir / "real_clean_faces.h5",
-                                                            25))
-    reference, ref_labels = collect_activations(head, real_clean, batch_size=25)
-    assert acts.shape == (120, 5, 4, 60) and acts.dtype == np.float32
+    head, _ = split_at_mask(insert_channel_mask(gen_model))
+    acts, labels = collect_activations(head, lab_h5_dataset(gen_dir / "clean_faces.h5", 25))
+    reference, ref_labels = collect_activations(head, gen_clean, batch_size=25)
+    assert acts.shape == (90, 5, 4, 60) and acts.dtype == np.float32
     np.testing.assert_array_equal(acts, reference)
     np.testing.assert_array_equal(labels, ref_labels)
-    np.testing.assert_array_equal(labels, real_clean[1])
-    order, means = channel_ranking(head, lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 25))
+    np.testing.assert_array_equal(labels, gen_clean[1])
+    order, means = channel_ranking(head, lab_h5_dataset(gen_dir / "clean_faces.h5", 25))
     assert order.tolist() == rank_channels(activation_means(reference)).tolist()
