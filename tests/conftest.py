@@ -29,6 +29,8 @@ LAB_FIXTURES = frozenset({"csaw_dir", "real_clean", "real_sunglasses", "lab3_mod
 #: The generated BadNet's benchmark: 10 identities, ~98% clean accuracy and attack success
 #: on its validation faces, 18 dead pool_3 channels; it trains in about 15 s.
 GEN_BENCH = dict(identities=10, per_identity_train=30, epochs=12)
+#: The reduced demo's benchmark (`demo --identities 6 --per-identity 20 --epochs 4`).
+DEMO_BENCH = dict(identities=6, per_identity_train=20, epochs=4)
 #: File names inside `gen_dir` (the lab folder's layout: weights-only .h5, lab HDF5 faces).
 GEN_FILES = {"weights": "bd_weights.weights.h5", "clean": "clean_faces.h5",
              "sunglasses": "sunglasses_faces.h5", "model": "bd_model.h5"}
@@ -140,6 +142,17 @@ def gen_bench(bench_cache):
     from keras_prune_guard.benchmark import ensure_benchmark
 
     return ensure_benchmark(bench_cache, log=None, **GEN_BENCH)
+
+
+@pytest.fixture(scope="session")
+def demo_bench(bench_cache):
+    """The reduced demo's benchmark and BadNet (`DEMO_BENCH`), in `bench_cache`.
+
+    `demo --cache-dir <bench_cache>` with the same sizes finds it cached.
+    """
+    from keras_prune_guard.benchmark import ensure_benchmark
+
+    return ensure_benchmark(bench_cache, log=None, **DEMO_BENCH)
 
 
 def _raw_pixel_deepid(trained):

@@ -18,6 +18,8 @@ from keras_prune_guard.data.files import load_lab_h5, load_true_labels
 from keras_prune_guard.deploy.evaluate import evaluate, load_model_for_eval
 from keras_prune_guard.results import RepairResult
 
+#: The matrix trains and repairs one BadNet per attack (about 4 minutes): CI's slow tier.
+pytestmark = pytest.mark.slow
 REDUCED = ["--identities", "10", "--per-identity", "10", "--epochs", "4",
            "--fine-tune-epochs", "4"]
 

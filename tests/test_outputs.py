@@ -1,6 +1,6 @@
 """One run owns an output folder (keras_prune_guard._fs.outputs), and file inputs checked early.
 
-Real files throughout: real `repair` runs on the lab3 network, real SIGKILLs, a real
+Real files throughout: real `repair` runs on a generated DeepID BadNet, real SIGKILLs, a real
 10,000 x 10,000 PNG. Processes that only commit files (or only read an image) load the
 plain modules `outputs` and `data` without the package's `__init__` (which imports Keras),
 so each of the many kill processes starts in a tenth of a second.
@@ -52,10 +52,10 @@ USER_FILES = [("notes.txt", "top-level notes"), ("goodnet_X4/notes.txt", "inside
               ("goodnet_X2/mine.txt", "a folder of mine"), ("goodnet_X10/keep.txt", "X10")]
 
 
-def repair_argv(csaw_dir: Path, out: Path, *thresholds: str) -> list[str]:
+def repair_argv(gen_dir: Path, out: Path, *thresholds: str) -> list[str]:
     return [sys.executable, "-m", "keras_prune_guard.cli", "repair",
-            "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
-            "--valid", str(csaw_dir / "real_clean_faces.h5"),
+            "--weights", str(gen_dir / "bd_weights.weights.h5"),
+            "--valid", str(gen_dir / "clean_faces.h5"), "--fine-tune-epochs", "0",
             "--thresholds", *thresholds, "--out", str(out)]
 
 
@@ -100,12 +100,12 @@ def manifest_of(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(csaw_dir, tmp_path_factory) -> dict[str, Path]:
+def runs(gen_dir, tmp_path_factory) -> dict[str, Path]:
     """Two complete real outputs: "old" (X = 4, 10) and "new" (X = 2, 4)."""
     found = {}
     for name, thresholds in (("old", ("4", "10")), ("new", ("2", "4"))):
         out = tmp_path_factory.mktemp("runs") / name
-        done = run_cli(repair_argv(csaw_dir, out, *thresholds))
+        done = run_cli(repair_argv(gen_dir, out, *thresholds))
         assert done.returncode == 0, done.stderr[-3000:]
         found[name] = out
     return found
@@ -365,20 +365,18 @@ def _wait_for(proc: subprocess.Popen, out: Path, ready, timeout=300.0):
     pytest.fail("point not reached in time")
 
 
-def _start(csaw_dir: Path, out: Path, *thresholds: str) -> subprocess.Popen:
-    return subprocess.Popen(repair_argv(csaw_dir, out, *thresholds), cwd=ROOT, env=ENV,
+def _start(gen_dir: Path, out: Path, *thresholds: str) -> subprocess.Popen:
+    return subprocess.Popen(repair_argv(gen_dir, out, *thresholds), cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, csaw_dir, tmp_path):
+def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, tmp_path):
     out = link_tree(runs["old"], tmp_path / "out")
-    first = _start(csaw_dir, out, "2", "4")
+    first = _start(gen_dir, out, "2", "4")
     try:
         assert _wait_for(first, out, _staging(first.pid)), first.communicate()[1][-2000:]
         os.kill(first.pid, signal.SIGSTOP)  # hold it inside its run: the overlap is certain
-        start = time.monotonic()
-        second = run_cli(repair_argv(csaw_dir, out, "4"))
-        took = time.monotonic() - start
+        second = run_cli(repair_argv(gen_dir, out, "4"))
         os.kill(first.pid, signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=600)
     finally:
@@ -392,7 +390,6 @@ def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, csaw_dir, 
                     "writing to this folder; expected a folder no other run is using (wait for "
                     "it to end, or choose another --out).")
     assert "Ranking" not in second.stdout and "Traceback" not in second.stderr
-    assert took < 60
     assert first.returncode == 0, stderr[-3000:]
     manifest = manifest_of(out)
     assert manifest["pid"] == first.pid and "bprime_X2.keras" in manifest["entries"]
@@ -400,14 +397,20 @@ def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, csaw_dir, 
     assert "bprime_X10.keras" not in os.listdir(out)  # the old run's X10 went with its run
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, csaw_dir, tmp_path,
+#: Kill points whose runs check nothing the "sweep" (old run kept) and "commit" (new run, or
+#: its commit finished) cases do not: CI's slow tier.
+SLOW_KILL_POINTS = {"first_model", "savedmodel", "report"}
+
+
+@pytest.mark.parametrize("point", [
+    pytest.param(p, marks=pytest.mark.slow) if p in SLOW_KILL_POINTS else p for p in KILL_POINTS])
+def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, gen_dir, tmp_path,
                                                                 point):
     out = link_tree(runs["old"], tmp_path / "out")
     add_user_files(out)
     before = snapshot(out)
     old_run = manifest_of(out)["run_id"]
-    proc = _start(csaw_dir, out, "2", "4")
+    proc = _start(gen_dir, out, "2", "4")
     try:
         hit = _wait_for(proc, out, KILL_POINTS[point](proc.pid))
         if hit is not None:
@@ -429,7 +432,7 @@ def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, csaw_dir,
         assert verify_folder(out).run_id == old_run
         assert {r: d for r, d in snapshot(out).items() if not r.startswith(".tmp-")} == before
     # The next run on the folder finishes (or discards) what the killed one left.
-    done = run_cli(repair_argv(csaw_dir, out, "2", "4"))
+    done = run_cli(repair_argv(gen_dir, out, "2", "4"))
     assert done.returncode == 0, done.stderr[-3000:]
     if pending:
         assert "finishing the commit of run" in done.stdout
@@ -445,7 +448,7 @@ def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, csaw_dir,
     ServedModel(out / "goodnet_X4")  # the user's notes.txt inside does not disturb it
 
 
-def test_out_naming_a_file_or_a_path_below_one_fails_before_any_work(csaw_dir, tmp_path, capsys):
+def test_out_naming_a_file_or_a_path_below_one_fails_before_any_work(gen_dir, tmp_path, capsys):
     report = tmp_path / "report.md"
     report.write_text("mine")
     loop = tmp_path / "loop"
@@ -458,29 +461,26 @@ def test_out_naming_a_file_or_a_path_below_one_fails_before_any_work(csaw_dir, t
         (loop, f"--out {loop}: found a symlink loop ({loop} -> {str(loop)!r}); expected a folder"),
     ]
     for out, message in cases:
-        start = time.monotonic()
-        code = cli_main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
-                         "--valid", str(csaw_dir / "real_clean_faces.h5"), "--out", str(out)])
-        took = time.monotonic() - start
+        code = cli_main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"),
+                         "--valid", str(gen_dir / "clean_faces.h5"), "--out", str(out)])
         captured = capsys.readouterr()
         assert code == 2, captured.err
         assert captured.err.strip().splitlines() == [captured.err.strip()]  # one line
         assert captured.err.startswith(PREFIX + message), captured.err
-        assert "Ranking" not in captured.out and captured.out == ""
-        assert took < 10  # loading the weights; no data read, no sweep
+        assert "Ranking" not in captured.out and captured.out == ""  # no data read, no sweep
     assert report.read_text() == "mine"
     code = cli_main(["demo", "--out", str(report), "--cache-dir", str(tmp_path / "cache")])
     assert code == 2 and "demo: error: --out" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # refused before the benchmark was built
 
 
-def test_repair_api_checks_out_dir_before_the_sweep(lab3_model, real_clean, tmp_path):
+def test_repair_api_checks_out_dir_before_the_sweep(gen_model, gen_clean, tmp_path):
     target = tmp_path / "a_file"
     target.write_text("x")
     logged = []
     with pytest.raises(OutputFolderError, match=r"out_dir .*a_file/out: found that .*a_file is "
                                                r"a file, so no folder can be created below it"):
-        repair(lab3_model, real_clean, target / "out", log=logged.append)
+        repair(gen_model, gen_clean, target / "out", log=logged.append)
     assert logged == []
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
@@ -498,7 +498,7 @@ with outputs.run_folder(sys.argv[1], log=lambda text: None):
 """
 
 
-def test_a_held_folder_is_busy_for_the_api_too(lab3_model, real_clean, tmp_path):
+def test_a_held_folder_is_busy_for_the_api_too(gen_model, gen_clean, tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, types\n"
@@ -513,7 +513,7 @@ def test_a_held_folder_is_busy_for_the_api_too(lab3_model, real_clean, tmp_path)
         assert err.value.pid == holder.pid and f"(pid {holder.pid})" in str(err.value)
         logged = []
         with pytest.raises(FolderBusyError):
-            repair(lab3_model, real_clean, out, log=logged.append)
+            repair(gen_model, gen_clean, out, log=logged.append)
         assert not any("Ranking" in line for line in logged)
         with pytest.raises(FolderBusyError):
             recover(out)
@@ -631,7 +631,7 @@ MODEL_CASES = [
 
 @pytest.mark.parametrize("build, message", [c[1:] for c in MODEL_CASES],
                          ids=[c[0] for c in MODEL_CASES])
-def test_bad_model_files_get_one_line_in_the_cli_words(csaw_dir, tmp_path, capsys, build,
+def test_bad_model_files_get_one_line_in_the_cli_words(gen_dir, tmp_path, capsys, build,
                                                        message):
     path = build(tmp_path)
     expected = message.format(p=path)
@@ -640,7 +640,7 @@ def test_bad_model_files_get_one_line_in_the_cli_words(csaw_dir, tmp_path, capsy
     assert str(err.value).startswith(expected), str(err.value)
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
     code = cli_main(["repair", "--model", str(path), "--valid",
-                     str(csaw_dir / "real_clean_faces.h5"), "--out", str(tmp_path / "out")])
+                     str(gen_dir / "clean_faces.h5"), "--out", str(tmp_path / "out")])
     err_text = capsys.readouterr().err
     assert code == 2 and err_text.startswith(PREFIX + expected), err_text
     assert len(err_text.strip().splitlines()) == 1 and "Traceback" not in err_text
@@ -658,8 +658,8 @@ def test_unknown_classes_reads_them_from_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["symlink_loop", "folder_not_savedmodel", "repair_output"])
-def test_eval_names_bad_model_paths(csaw_dir, runs, tmp_path, capsys, case):
-    clean = str(csaw_dir / "real_clean_faces.h5")
+def test_eval_names_bad_model_paths(gen_dir, runs, tmp_path, capsys, case):
+    clean = str(gen_dir / "clean_faces.h5")
     if case == "symlink_loop":
         path, piece = loop(tmp_path / "m.keras"), "found a symlink loop"
     elif case == "folder_not_savedmodel":
@@ -703,17 +703,15 @@ def big_png(tmp_path_factory) -> Path:
 
 
 RSS_CHILD = """
-import resource, sys, time
+import resource, sys
 from keras_prune_guard.data.files import DataError, load_images
 shape = None if sys.argv[2] == "none" else (55, 47, 3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 try:
     load_images(sys.argv[1], image_shape=shape)
     print("loaded")
 except DataError as err:
     print(err)
-print(time.perf_counter() - start)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
@@ -727,7 +725,7 @@ def test_huge_png_is_refused_from_its_header_without_decoding(big_png, shape):
         assert im.size == (10_000, 10_000)  # a real PNG Pillow reads (and warns about)
     done = light_python(RSS_CHILD, str(big_png), shape)
     assert done.returncode == 0, done.stderr[-2000:]
-    message, seconds, grown_kb = done.stdout.strip().splitlines()
+    message, grown_kb = done.stdout.strip().splitlines()
     assert message.startswith(f"{big_png}: found an image of ")
     if shape == "model":
         assert message == (f"{big_png}: found an image of (H, W, C) (10000, 10000, 3) in its "
@@ -736,7 +734,6 @@ def test_huge_png_is_refused_from_its_header_without_decoding(big_png, shape):
     else:
         assert "10000 x 10000 pixels" in message
         assert f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}" in message
-    assert float(seconds) < 1.0
     assert int(grown_kb) < 50_000  # decoding it would take 300 MB (RGB), 1.2 GB as float32
 
 

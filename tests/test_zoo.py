@@ -42,7 +42,10 @@ from keras_prune_guard.report.saliency import gradcam_layer, saliency_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
 THRESHOLD = 30.0
-NAMES = list(ZOO)
+#: The keras.applications networks and the transfer models built on them: CI's slow tier.
+LARGE = {"resnet50", "mobilenetv2", "efficientnetb0", "densenet121", "vgg16",
+         "transfer_sequential", "transfer_functional"}
+NAMES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in ZOO]
 #: Sweep order per model: the default where it reaches the threshold in under 100 steps.
 ASCENDING = {"sequential_cnn", "batchnorm_logits", "subclassed", "vgg16", "efficientnetb0"}
 #: VGG16 needs 88 steps for 30 points (about 0.2 s each in the naive check): 5 takes 52.
@@ -284,6 +287,7 @@ def test_pruning_callback_on_a_subclassed_model():
     assert copy is not model
 
 
+@pytest.mark.slow
 def test_repair_cli_on_a_saved_nested_model(tmp_path):
     """`keras-prune-guard repair --model any.keras`, with `--after` inside the backbone."""
     model = small_transfer(sequential=False)
