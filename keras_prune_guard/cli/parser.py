@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from keras_prune_guard.benchmark.architectures import BADNET_ARCHITECTURES
+from keras_prune_guard.benchmark.attacks import ATTACKS
 from keras_prune_guard.config import FineTuneConfig, PruneConfig
+from keras_prune_guard.deploy.export import FORMATS
 
 EPILOG = """examples:
   keras-prune-guard demo
@@ -75,8 +78,6 @@ def _learning_rate(text: str) -> float:
 # Options whose text needs more than a type to check (the rest: int, str, bool, choices).
 _PARSERS = {"thresholds": _thresholds, "epochs": _epochs, "learning_rate": _learning_rate,
             "schedules": str}
-#: keras_prune_guard.benchmark.attacks.ATTACKS, restated so that --help imports no Keras.
-ATTACKS = ("sunglasses", "patch", "blend", "pruning-aware")
 
 
 def _default_text(value) -> str:
@@ -127,8 +128,6 @@ def _add_fine_tune_args(p: argparse.ArgumentParser, data: bool) -> None:
                        "--fine-tune-epochs")
 
 
-#: keras_prune_guard.deploy.export.FORMATS, restated so that --help imports no Keras.
-EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
 
 
 def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
@@ -145,7 +144,7 @@ def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_formats(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--formats", nargs="+", default=["savedmodel"], choices=EXPORT_FORMATS,
+    p.add_argument("--formats", nargs="+", default=["savedmodel"], choices=tuple(FORMATS),
                    help="GoodNet exports to write per X, each checked in its runtime: "
                    "savedmodel = goodnet_X{X}/, onnx = goodnet_X{X}.onnx (extra [onnx]), "
                    "litert = goodnet_X{X}.tflite (extra [litert]) (default: savedmodel)")
@@ -191,8 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "only); each BadNet is trained and cached apart (default: sunglasses)")
     add_config_args(demo, PruneConfig)
     _add_formats(demo)
-    # Issue 13: a second kind of BadNet (names restated from benchmark.architectures).
-    demo.add_argument("--architecture", default="deepid", choices=["deepid", "resnet"],
+    demo.add_argument("--architecture", default="deepid", choices=list(BADNET_ARCHITECTURES),
                       help="network the benchmark backdoors: deepid (the lab's network) or "
                       "resnet (a small ResNet: BatchNorm, residual adds, a global average "
                       "pool feeding the classifier); each is trained and cached apart "
