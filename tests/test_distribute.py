@@ -95,7 +95,7 @@ def run_worker(data: Path) -> dict:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     from keras_prune_guard.data import lab_h5_dataset, load_lab_h5
     from keras_prune_guard.evaluate import evaluate
-    from keras_prune_guard.models import load_network, num_classes_of
+    from keras_prune_guard.models import load_network
     from keras_prune_guard.surgery import insert_channel_mask
     from keras_prune_guard.sweep import sweep
 
