@@ -39,6 +39,7 @@ GEN_FILES = {"weights": "bd_weights.weights.h5", "clean": "clean_faces.h5",
 # --- tiers ---------------------------------------------------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m lab` and `-m "not lab"` work
 def pytest_collection_modifyitems(config, items) -> None:
     """Marks every test that uses a real-lab-file fixture (directly or not) as `lab`.
 

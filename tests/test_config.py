@@ -130,20 +130,21 @@ def test_cli_renamed_option_still_works_with_one_line_on_stderr(capsys):
     assert args.benchmark_cache == "somewhere"
 
 
-def test_one_configuration_selects_the_same_b_prime_everywhere(lab3_model, real_clean,
+def test_one_configuration_selects_the_same_b_prime_everywhere(gen_model, gen_clean,
                                                                tmp_path):
     """sweep, prune, PruningCallback and repair given one PruneConfig agree for every X."""
     config = PruneConfig(thresholds=[2, 4, 10], keep="first_below")
     quiet = RunOptions(verbose=0)
-    masked = insert_channel_mask(lab3_model)
-    swept = sweep(masked, real_clean, config, run=quiet)
-    pruned = prune(lab3_model, real_clean, config, run=quiet)
-    masked_for_fit = insert_channel_mask(lab3_model)
+    masked = insert_channel_mask(gen_model)
+    swept = sweep(masked, gen_clean, config, run=quiet)
+    pruned = prune(gen_model, gen_clean, config, run=quiet)
+    masked_for_fit = insert_channel_mask(gen_model)
     masked_for_fit.compile("adam", "sparse_categorical_crossentropy")
-    callback = PruningCallback(real_clean, config, run=quiet)
-    masked_for_fit.fit(real_clean[0][:8], real_clean[1][:8], epochs=0, verbose=0,
+    callback = PruningCallback(gen_clean, config, run=quiet)
+    masked_for_fit.fit(gen_clean[0][:8], gen_clean[1][:8], epochs=0, verbose=0,
                        callbacks=[callback])
-    repaired = repair(lab3_model, real_clean, tmp_path, config, run=quiet)
+    repaired = repair(gen_model, gen_clean, tmp_path, config, run=quiet,
+                      fine_tune=FineTuneConfig(epochs=0))
     chosen = {t: s.pruned_channels for t, s in swept.snapshots.items()}
     assert set(chosen) == {2.0, 4.0, 10.0}
     assert {t: s.pruned_channels for t, s in pruned.sweep.snapshots.items()} == chosen
@@ -152,10 +153,11 @@ def test_one_configuration_selects_the_same_b_prime_everywhere(lab3_model, real_
     assert repaired.config == config
 
 
-def test_repair_result_is_what_report_json_holds(lab3_model, real_clean, real_sunglasses,
+def test_repair_result_is_what_report_json_holds(gen_model, gen_clean, gen_sunglasses,
                                                  tmp_path):
-    result = repair(lab3_model, real_clean, tmp_path, PruneConfig(thresholds=[4]),
-                    test=real_clean, poisoned=real_sunglasses, run=RunOptions(verbose=0))
+    result = repair(gen_model, gen_clean, tmp_path, PruneConfig(thresholds=[4]),
+                    test=gen_clean, poisoned=gen_sunglasses, run=RunOptions(verbose=0),
+                    fine_tune=FineTuneConfig(epochs=0))
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved == result.to_dict()
     assert set(saved["report_files"]) == {"md", "csv", "json", "png", "html"}
@@ -163,14 +165,16 @@ def test_repair_result_is_what_report_json_holds(lab3_model, real_clean, real_su
     assert again.to_dict() == saved
     assert again.rows[0].goodnet == result.rows[0].goodnet
     assert result.rows[0].goodnet.detection_rate is not None
-    assert result.baseline.test_accuracy == pytest.approx(119 / 120 * 100)
+    x, y = gen_clean
+    b_accuracy = np.mean(gen_model.predict(x, verbose=0).argmax(-1) == y) * 100
+    assert result.baseline.test_accuracy == pytest.approx(b_accuracy)
 
 
-def test_0_1_names_keep_working_with_deprecation_warnings(lab3_model, real_clean):
-    x, y = real_clean
+def test_0_1_names_keep_working_with_deprecation_warnings(gen_model, gen_clean):
+    x, y = gen_clean
     with pytest.warns(DeprecationWarning, match=r"prune\(model, valid=\(x_val, y_val\)\)"):
-        old = prune(lab3_model, x, y, thresholds=[4], verbose=0)
-    new = prune(lab3_model, (x, y), PruneConfig(thresholds=[4]), run=RunOptions(verbose=0))
+        old = prune(gen_model, x, y, thresholds=[4], verbose=0)
+    new = prune(gen_model, (x, y), PruneConfig(thresholds=[4]), run=RunOptions(verbose=0))
     assert old.sweep.snapshots[4.0].pruned_channels == new.sweep.snapshots[4.0].pruned_channels
     snap, swept = new.sweep.snapshots[4.0], new.sweep
     with pytest.warns(DeprecationWarning, match=r"Snapshot.num_pruned"):
@@ -182,34 +186,34 @@ def test_0_1_names_keep_working_with_deprecation_warnings(lab3_model, real_clean
     with pytest.warns(DeprecationWarning, match=r"\.valid_accuracy"):
         assert swept.curve[0]["valid_accuracy"] == swept.baseline_valid_accuracy
     with pytest.warns(DeprecationWarning, match=r"evaluate\(test=\.\.\.\)"):
-        scores = evaluate(lab3_model, clean=real_clean)
-    assert scores.test_accuracy == evaluate(lab3_model, real_clean).test_accuracy
+        scores = evaluate(gen_model, clean=gen_clean)
+    assert scores.test_accuracy == evaluate(gen_model, gen_clean).test_accuracy
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the 0.2 spellings warn about nothing
         PruneConfig(thresholds=[4])
         assert new.sweep.snapshots[4.0].num_pruned == snap.num_pruned
 
 
-def test_labels_are_checked_in_the_api_as_in_the_cli(lab3_model, real_clean):
-    x, y = real_clean
-    with pytest.raises(ValueError, match=r"valid: found one-hot labels of shape \(120, 1283\)"):
-        prune(lab3_model, (x, keras.utils.to_categorical(y, 1283)))
+def test_labels_are_checked_in_the_api_as_in_the_cli(gen_model, gen_clean):
+    x, y = gen_clean
+    with pytest.raises(ValueError, match=r"valid: found one-hot labels of shape \(90, 10\)"):
+        prune(gen_model, (x, keras.utils.to_categorical(y, 10)))
     bad = y.astype("float64")
     bad[3] = np.nan
     with pytest.raises(ValueError, match=r"valid: found nan at index 3"):
-        prune(lab3_model, (x, bad))
-    with pytest.raises(ValueError, match=r"valid: found 1283 at index 0.*\[0, 1283\)"):
-        repair(lab3_model, (x, np.full(len(y), 1283)), "unused")
+        prune(gen_model, (x, bad))
+    with pytest.raises(ValueError, match=r"valid: found 10 at index 0.*\[0, 10\)"):
+        repair(gen_model, (x, np.full(len(y), 10)), "unused")
 
 
-def test_the_callback_takes_a_stream_like_prune(lab3_model, csaw_dir, real_clean):
+def test_the_callback_takes_a_stream_like_prune(gen_model, gen_dir, gen_clean):
     from keras_prune_guard.data.files import lab_h5_dataset
 
     config, quiet = PruneConfig(thresholds=[4]), RunOptions(verbose=0)
-    stream = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 50)
-    masked = insert_channel_mask(lab3_model)
+    stream = lab_h5_dataset(gen_dir / "clean_faces.h5", 50)
+    masked = insert_channel_mask(gen_model)
     masked.compile("adam", "sparse_categorical_crossentropy")
     callback = PruningCallback(stream, config, run=quiet)
-    masked.fit(real_clean[0][:8], real_clean[1][:8], epochs=0, verbose=0, callbacks=[callback])
-    expected = prune(lab3_model, real_clean, config, run=quiet).sweep.snapshots[4.0]
+    masked.fit(gen_clean[0][:8], gen_clean[1][:8], epochs=0, verbose=0, callbacks=[callback])
+    expected = prune(gen_model, gen_clean, config, run=quiet).sweep.snapshots[4.0]
     assert callback.result.snapshots[4.0] == expected

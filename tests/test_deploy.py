@@ -1,6 +1,6 @@
 """Deploying the GoodNet: SavedModel, ONNX and LiteRT exports that run and agree with Keras.
 
-Real models only: the lab3 BadNet with its real faces (skipped without ../shared/csaw)
+Real models only: the generated DeepID BadNet with its faces (conftest's `gen_dir`)
 and the built-in benchmark's BadNet at the reduced size of test_demo.py. Models are
 built once per module and shared.
 """
@@ -54,17 +54,17 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
-# --- the lab3 network and its real faces --------------------------------------------------
+# --- the net network and its real faces --------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def lab3(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
-    """B, B' (10 points), the GoodNet, its 245 real images, their Keras outputs, its exports."""
-    bad = deepid()
-    bad.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
-    b_prime = prune(bad, real_clean, thresholds=[10], verbose=0).snapshots[10.0]
+def net(gen_dir, gen_clean, gen_sunglasses, tmp_path_factory):
+    """B, B' (10 points), the GoodNet, its 171 images, their Keras outputs, its exports."""
+    bad = deepid(num_classes=10)
+    bad.load_weights(str(gen_dir / "bd_weights.weights.h5"))
+    b_prime = prune(bad, gen_clean, thresholds=[10], verbose=0).snapshots[10.0]
     goodnet = GoodNetModel(bad, b_prime)
-    x = np.concatenate([real_clean[0], real_sunglasses[0]])
+    x = np.concatenate([gen_clean[0], gen_sunglasses[0]])
     folder = tmp_path_factory.mktemp("deploy")
     goodnet.save(folder / "goodnet_X10.keras")
     return {"bad": bad, "b_prime": b_prime, "goodnet": goodnet, "x": x,
@@ -73,37 +73,37 @@ def lab3(csaw_dir, real_clean, real_sunglasses, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_every_real_face_gets_the_keras_class(lab3, fmt):
-    runtime = WRAPPERS[fmt](lab3["paths"][fmt])
+def test_every_face_gets_the_keras_class(net, fmt):
+    runtime = WRAPPERS[fmt](net["paths"][fmt])
     assert runtime.input_shape == (None, 55, 47, 3)
-    assert_agrees(runtime, lab3["x"], lab3["expected"])
-    # The N+1 rule itself: B' where B and B' agree, class 1283 where they differ.
-    x = lab3["x"]
-    bad = lab3["bad"].predict(x, verbose=0).argmax(-1)
-    fixed = lab3["b_prime"].predict(x, verbose=0).argmax(-1)
+    assert_agrees(runtime, net["x"], net["expected"])
+    # The N+1 rule itself: B' where B and B' agree, class 10 where they differ.
+    x = net["x"]
+    bad = net["bad"].predict(x, verbose=0).argmax(-1)
+    fixed = net["b_prime"].predict(x, verbose=0).argmax(-1)
     classes = np.asarray(runtime(x)).argmax(-1)
-    np.testing.assert_array_equal(classes, np.where(bad == fixed, fixed, 1283))
-    assert (classes == 1283).any() and (classes < 1283).any()
+    np.testing.assert_array_equal(classes, np.where(bad == fixed, fixed, 10))
+    assert (classes == 10).any() and (classes < 10).any()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_batch_size_is_dynamic(lab3, fmt):
-    runtime = WRAPPERS[fmt](lab3["paths"][fmt])
-    x, expected = lab3["x"], lab3["expected"]
+def test_batch_size_is_dynamic(net, fmt):
+    runtime = WRAPPERS[fmt](net["paths"][fmt])
+    x, expected = net["x"], net["expected"]
     assert_agrees(runtime, x[:1], expected[:1])
     big = np.concatenate([x, x[:11]])  # 256 images in one call
     assert_agrees(runtime, big, np.concatenate([expected, expected[:11]]))
     assert_agrees(runtime, x[:3], expected[:3])  # and back to a small batch
 
 
-def test_litert_runs_long_inputs_in_slices(lab3):
-    runtime = LiteRTModel(lab3["paths"]["litert"], batch_size=100)
-    assert_agrees(runtime, lab3["x"], lab3["expected"])  # 245 = 100 + 100 + 45
-    assert runtime(lab3["x"][:0]).shape == (0, 1284)
+def test_litert_runs_long_inputs_in_slices(net):
+    runtime = LiteRTModel(net["paths"]["litert"], batch_size=100)
+    assert_agrees(runtime, net["x"], net["expected"])  # 171 = 100 + 71
+    assert runtime(net["x"][:0]).shape == (0, 11)
 
 
-def test_files_have_standard_ops_and_named_dynamic_io(lab3):
-    model = onnx.load(str(lab3["paths"]["onnx"]))
+def test_files_have_standard_ops_and_named_dynamic_io(net):
+    model = onnx.load(str(net["paths"]["onnx"]))
     onnx.checker.check_model(model)
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
     assert not {"Bitcast", "BitwiseAnd"} & {node.op_type for node in model.graph.node}
@@ -113,11 +113,11 @@ def test_files_have_standard_ops_and_named_dynamic_io(lab3):
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
     assert (inp.name, dims(inp)) == ("images", ["batch", 55, 47, 3])
-    assert (out.name, dims(out)) == ("output_0", ["batch", 1284])
+    assert (out.name, dims(out)) == ("output_0", ["batch", 11])
     # LiteRT: the interpreter (no Flex delegate) loads it; batch -1 in the signature.
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(lab3["paths"]["litert"]))
+    interpreter = Interpreter(model_path=str(net["paths"]["litert"]))
     interpreter.allocate_tensors()
     (detail,) = interpreter.get_input_details()
     assert list(detail["shape_signature"]) == [-1, 55, 47, 3]
@@ -127,31 +127,31 @@ def test_files_have_standard_ops_and_named_dynamic_io(lab3):
 
 @pytest.mark.filterwarnings("ignore:In the future `np.object`:FutureWarning")  # Keras's tf2onnx
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_keras_export_method_writes_files_that_run(lab3, tmp_path, fmt):
+def test_keras_export_method_writes_files_that_run(net, tmp_path, fmt):
     # The issue's own reproduction: `goodnet.export("g.onnx", format="onnx")`.
     path = tmp_path / f"g{FORMATS[fmt]}"
-    lab3["goodnet"].export(str(path), format=fmt, verbose=False)
-    assert_agrees(WRAPPERS[fmt](path), lab3["x"], lab3["expected"])
+    net["goodnet"].export(str(path), format=fmt, verbose=False)
+    assert_agrees(WRAPPERS[fmt](path), net["x"], net["expected"])
 
 
 # --- a GoodNet holding two networks (B and a fine-tuned B'') --------------------------------
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(lab3, real_clean):
-    b_second = fine_tune(lab3["b_prime"], real_clean, epochs=1, learning_rate=3e-4)
-    goodnet = GoodNetModel(lab3["bad"], b_second)
+def fine_tuned(net, gen_clean):
+    b_second = fine_tune(net["b_prime"], gen_clean, epochs=1, learning_rate=3e-4)
+    goodnet = GoodNetModel(net["bad"], b_second)
     assert not goodnet.shares_layers
-    return goodnet, goodnet.predict(lab3["x"], verbose=0)
+    return goodnet, goodnet.predict(net["x"], verbose=0)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_two_network_goodnet_exports(lab3, fine_tuned, tmp_path, fmt):
+def test_two_network_goodnet_exports(net, fine_tuned, tmp_path, fmt):
     goodnet, expected = fine_tuned
     path = export_goodnet(goodnet, tmp_path / f"goodnet_ft{FORMATS[fmt]}", format=fmt,
-                          images=lab3["x"][::20])
-    assert_agrees(WRAPPERS[fmt](path), lab3["x"], expected)
-    assert not np.allclose(expected, lab3["expected"], atol=1e-3)  # B'' is not B'
+                          images=net["x"][::20])
+    assert_agrees(WRAPPERS[fmt](path), net["x"], expected)
+    assert not np.allclose(expected, net["expected"], atol=1e-3)  # B'' is not B'
 
 
 # --- the self-check ---------------------------------------------------------------------------
@@ -161,13 +161,13 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_a_disagreeing_export_is_refused_and_the_old_file_kept(lab3, tmp_path):
+def test_a_disagreeing_export_is_refused_and_the_old_file_kept(net, tmp_path):
     # Dynamic-range quantisation (int8 weights) moves the outputs by ~1e-4: over 1e-5.
     path = tmp_path / "goodnet.tflite"
     path.write_bytes(b"previous contents")
     with pytest.raises(ExportError, match=r"disagrees with the Keras GoodNet: outputs differ "
                        r"by up to .*atol=1e-05"):
-        export_goodnet(lab3["goodnet"], path, format="litert",
+        export_goodnet(net["goodnet"], path, format="litert",
                        converter_options={"optimizations": [tf.lite.Optimize.DEFAULT]})
     assert path.read_bytes() == b"previous contents"
     assert leftovers(tmp_path) == ["goodnet.tflite"]
@@ -222,8 +222,8 @@ def test_an_export_that_does_not_run_is_refused(tmp_path, head, fmt, options, ex
     assert leftovers(tmp_path) == []
 
 
-def test_bad_arguments_are_refused_before_writing(lab3, tmp_path):
-    goodnet = lab3["goodnet"]
+def test_bad_arguments_are_refused_before_writing(net, tmp_path):
+    goodnet = net["goodnet"]
     with pytest.raises(ValueError, match=r"must end in \.onnx\. Received: path="):
         export_goodnet(goodnet, tmp_path / "g.tflite", format="onnx")
     with pytest.raises(ValueError, match=r"format must be one of .*Received: format='tflite'"):
@@ -231,23 +231,23 @@ def test_bad_arguments_are_refused_before_writing(lab3, tmp_path):
     with pytest.raises(ValueError, match=r"ends in \.onnx, the suffix of format='onnx'"):
         export_goodnet(goodnet, tmp_path / "g.onnx")
     with pytest.raises(ValueError, match=r"exports a GoodNetModel. Received: .*Functional"):
-        export_goodnet(lab3["bad"], tmp_path / "b.onnx", format="onnx")
+        export_goodnet(net["bad"], tmp_path / "b.onnx", format="onnx")
     with pytest.raises(ValueError, match=r"export_goodnet images: images of shape \(47, 55, 3\)"):
         export_goodnet(goodnet, tmp_path / "g.onnx", format="onnx",
                        images=np.zeros((2, 47, 55, 3), "float32"))
     assert leftovers(tmp_path) == []
 
 
-def test_missing_runtime_names_the_extra(lab3, monkeypatch, capsys, csaw_dir):
+def test_missing_runtime_names_the_extra(net, monkeypatch, capsys, gen_dir):
     # `None` in sys.modules makes `import onnxruntime` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingRuntimeError, match=r'pip install "keras-prune-guard\[onnx\]"'):
-        OnnxModel(lab3["paths"]["onnx"])
+        OnnxModel(net["paths"]["onnx"])
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(ImportError, match=r'pip install "keras-prune-guard\[litert\]"'):
-        load_model_for_eval(lab3["paths"]["litert"])
-    code = main(["eval", str(csaw_dir / "real_clean_faces.h5"),
-                 str(csaw_dir / "real_sunglasses_faces.h5"), str(lab3["paths"]["onnx"])])
+        load_model_for_eval(net["paths"]["litert"])
+    code = main(["eval", str(gen_dir / "clean_faces.h5"),
+                 str(gen_dir / "sunglasses_faces.h5"), str(net["paths"]["onnx"])])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("keras-prune-guard eval: error: ") and "[onnx]" in err
@@ -260,14 +260,14 @@ def eval_lines(text: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in text.strip().splitlines())
 
 
-def test_eval_prints_the_same_figures_for_every_format(lab3, csaw_dir, capsys):
-    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
+def test_eval_prints_the_same_figures_for_every_format(net, gen_dir, capsys):
+    clean, poisoned = gen_dir / "clean_faces.h5", gen_dir / "sunglasses_faces.h5"
     printed = {}
-    for fmt, path in lab3["paths"].items():
+    for fmt, path in net["paths"].items():
         assert main(["eval", str(clean), str(poisoned), str(path)]) == 0
         printed[fmt] = eval_lines(capsys.readouterr().out)
     assert printed["onnx"] == printed["savedmodel"] == printed["litert"]
-    scores = evaluate(lab3["goodnet"], load_lab_h5(clean), load_lab_h5(poisoned))
+    scores = evaluate(net["goodnet"], load_lab_h5(clean), load_lab_h5(poisoned))
     assert float(printed["onnx"]["Clean Classification accuracy"]) == pytest.approx(
         scores.test_accuracy, abs=1e-4)
     assert float(printed["onnx"]["Attack Success Rate"]) == pytest.approx(
@@ -275,11 +275,11 @@ def test_eval_prints_the_same_figures_for_every_format(lab3, csaw_dir, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_examples_eval_py_scores_the_files(lab3, csaw_dir, fmt):
-    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
-    done = run_script("examples/eval.py", str(clean), str(poisoned), str(lab3["paths"][fmt]))
+def test_examples_eval_py_scores_the_files(net, gen_dir, fmt):
+    clean, poisoned = gen_dir / "clean_faces.h5", gen_dir / "sunglasses_faces.h5"
+    done = run_script("examples/eval.py", str(clean), str(poisoned), str(net["paths"][fmt]))
     assert done.returncode == 0, done.stderr[-3000:]
-    served = ServedModel(lab3["paths"]["savedmodel"])
+    served = ServedModel(net["paths"]["savedmodel"])
     scores = evaluate(served, load_lab_h5(clean), load_lab_h5(poisoned))
     assert done.stdout.strip().splitlines() == [
         f"Clean Classification accuracy: {scores.test_accuracy:.4f}",
@@ -287,42 +287,42 @@ def test_examples_eval_py_scores_the_files(lab3, csaw_dir, fmt):
     ]
 
 
-def test_eval_classifies_images_with_a_litert_file(lab3, csaw_dir, capsys):
-    assert main(["eval", "--images", str(csaw_dir / "real_sunglasses_faces.h5"), "--model",
-                 str(lab3["paths"]["litert"])]) == 0
+def test_eval_classifies_images_with_a_litert_file(net, gen_dir, capsys):
+    assert main(["eval", "--images", str(gen_dir / "sunglasses_faces.h5"), "--model",
+                 str(net["paths"]["litert"])]) == 0
     classes = [int(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
-    np.testing.assert_array_equal(classes, lab3["expected"][120:].argmax(-1))
+    np.testing.assert_array_equal(classes, net["expected"][90:].argmax(-1))
 
 
 # --- keras-prune-guard export -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_export_command_writes_a_checked_file(lab3, tmp_path, capsys, fmt):
+def test_export_command_writes_a_checked_file(net, tmp_path, capsys, fmt):
     out = tmp_path / f"exported{FORMATS[fmt]}"
-    code = main(["export", str(lab3["folder"] / "goodnet_X10.keras"), "--format", fmt,
+    code = main(["export", str(net["folder"] / "goodnet_X10.keras"), "--format", fmt,
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert f"Wrote {out} ({fmt})" in capsys.readouterr().out
-    assert_agrees(load_model_for_eval(out), lab3["x"], lab3["expected"])
+    assert_agrees(load_model_for_eval(out), net["x"], net["expected"])
 
 
-def test_export_command_defaults_to_the_model_name(lab3, tmp_path, capsys, csaw_dir):
+def test_export_command_defaults_to_the_model_name(net, tmp_path, capsys, gen_dir):
     model = tmp_path / "goodnet_X10.keras"
-    model.write_bytes((lab3["folder"] / "goodnet_X10.keras").read_bytes())
+    model.write_bytes((net["folder"] / "goodnet_X10.keras").read_bytes())
     assert main(["export", str(model), "--format", "litert", "--check-images",
-                 str(csaw_dir / "real_clean_faces.h5")]) == 0
-    assert "on 120 images" in capsys.readouterr().out
+                 str(gen_dir / "clean_faces.h5")]) == 0
+    assert "on 90 images" in capsys.readouterr().out
     assert leftovers(tmp_path) == ["goodnet_X10.keras", "goodnet_X10.tflite"]
 
 
-def test_export_command_bad_input_exits_2_with_one_line(lab3, tmp_path, capsys):
-    keras_file = str(lab3["folder"] / "goodnet_X10.keras")
-    lab3["b_prime"].save(tmp_path / "bprime_X10.keras")
+def test_export_command_bad_input_exits_2_with_one_line(net, tmp_path, capsys):
+    keras_file = str(net["folder"] / "goodnet_X10.keras")
+    net["b_prime"].save(tmp_path / "bprime_X10.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip file")
     cases = [
         (["export", str(tmp_path / "missing.keras")], "missing.keras: found no such file"),
-        (["export", str(lab3["paths"]["onnx"])], "goodnet_X10.onnx: found a file; expected a "
+        (["export", str(net["paths"]["onnx"])], "goodnet_X10.onnx: found a file; expected a "
          "GoodNet .keras file"),
         (["export", str(tmp_path / "bprime_X10.keras"), "--format", "onnx"],
          "bprime_X10.keras: found a Functional model"),
@@ -359,12 +359,9 @@ def test_export_command_refuses_an_unknown_format(capsys):
 
 
 @pytest.fixture(scope="module")
-def benchmark_goodnet(tmp_path_factory):
+def benchmark_goodnet(demo_bench):
     """The reduced benchmark of test_demo.py (6 identities), its BadNet, B' and GoodNet."""
-    from keras_prune_guard.benchmark import ensure_benchmark
-
-    cache = tmp_path_factory.mktemp("bench_cache")
-    paths = ensure_benchmark(cache, identities=6, per_identity_train=20, epochs=4, log=None)
+    paths = demo_bench
     bad = load_network(paths.model)
     b_prime = prune(bad, load_lab_h5(paths.valid), thresholds=[10], verbose=0).snapshots[10.0]
     return GoodNetModel(bad, b_prime), paths
@@ -381,15 +378,15 @@ def test_every_format_agrees_on_the_benchmark_test_files(benchmark_goodnet, tmp_
         assert_agrees(WRAPPERS[fmt](path), x, expected)
 
 
-def test_broken_files_get_clear_errors(tmp_path, capsys, csaw_dir):
+def test_broken_files_get_clear_errors(tmp_path, capsys, gen_dir):
     for suffix, wrapper, runtime in ((".onnx", OnnxModel, "ONNX Runtime"),
                                      (".tflite", LiteRTModel, "the LiteRT interpreter")):
         path = tmp_path / f"broken{suffix}"
         path.write_bytes(b"\x00 not a model " * 64)
         with pytest.raises(ValueError, match=f"broken{suffix}: {runtime} cannot load it"):
             wrapper(path)
-        code = main(["eval", str(csaw_dir / "real_clean_faces.h5"),
-                     str(csaw_dir / "real_sunglasses_faces.h5"), str(path)])
+        code = main(["eval", str(gen_dir / "clean_faces.h5"),
+                     str(gen_dir / "sunglasses_faces.h5"), str(path)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and str(path) in err, err
     with pytest.raises(FileNotFoundError, match="missing.onnx: found no such file"):
@@ -399,13 +396,13 @@ def test_broken_files_get_clear_errors(tmp_path, capsys, csaw_dir):
 # --- repair --formats ---------------------------------------------------------------------------
 
 
-def test_repair_writes_every_format_and_scores_them(csaw_dir, tmp_path, capsys):
+def test_repair_writes_every_format_and_scores_them(gen_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    clean, poisoned = csaw_dir / "real_clean_faces.h5", csaw_dir / "real_sunglasses_faces.h5"
-    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+    clean, poisoned = gen_dir / "clean_faces.h5", gen_dir / "sunglasses_faces.h5"
+    code = main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"),
                  "--valid", str(clean), "--test", str(clean), "--poisoned", str(poisoned),
                  "--thresholds", "4", "--formats", "savedmodel", "onnx", "litert",
-                 "--out", str(out)])
+                 "--fine-tune-epochs", "0", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     row = json.loads((out / "report" / "report.json").read_text())["rows"][0]
     assert {k for k in row["files"] if k.startswith("goodnet_")} == {
@@ -413,16 +410,16 @@ def test_repair_writes_every_format_and_scores_them(csaw_dir, tmp_path, capsys):
     data = load_lab_h5(clean), load_lab_h5(poisoned)
     for suffix in FORMATS.values():
         scores = evaluate(load_model_for_eval(out / f"goodnet_X4{suffix}"), *data,
-                          flag_class=1283, true_labels=load_true_labels(poisoned))
+                          flag_class=10, true_labels=load_true_labels(poisoned))
         assert scores.to_dict() == row["goodnet"]
 
 
-def test_repair_refuses_a_missing_runtime_before_the_sweep(csaw_dir, tmp_path, monkeypatch,
+def test_repair_refuses_a_missing_runtime_before_the_sweep(gen_dir, tmp_path, monkeypatch,
                                                           capsys):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     out = tmp_path / "out"
-    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
-                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--formats", "onnx",
+    code = main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"),
+                 "--valid", str(gen_dir / "clean_faces.h5"), "--formats", "onnx",
                  "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 2 and "Ranking" not in captured.out and not out.exists()

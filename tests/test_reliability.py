@@ -61,10 +61,11 @@ def run_python(*args, timeout=600):
                           timeout=timeout, cwd=ROOT)
 
 
-def repair_argv(csaw_dir, out, *extra):
+def repair_argv(gen_dir, out, *extra):
     return ["-m", "keras_prune_guard.cli", "repair",
-            "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
-            "--valid", str(csaw_dir / "real_clean_faces.h5"), "--out", str(out), *extra]
+            "--weights", str(gen_dir / "bd_weights.weights.h5"),
+            "--valid", str(gen_dir / "clean_faces.h5"), "--fine-tune-epochs", "0",
+            "--out", str(out), *extra]
 
 
 def trojan_model(marker: Path) -> keras.Model:
@@ -92,14 +93,14 @@ def write_h5(path: Path, **datasets) -> Path:
 
 def _valid_file(builder):
     """Case: `--valid` gets the file `builder(tmp_path)` writes."""
-    return lambda tmp, csaw: ["--weights", str(csaw / "lab3_bd_weights.h5"),
+    return lambda tmp, data: ["--weights", str(data / "bd_weights.weights.h5"),
                               "--valid", str(builder(tmp))]
 
 
 def _options(*options):
-    """Case: the real lab3 weights and clean faces, plus `options`."""
-    return lambda tmp, csaw: ["--weights", str(csaw / "lab3_bd_weights.h5"),
-                              "--valid", str(csaw / "real_clean_faces.h5"), *options]
+    """Case: the generated BadNet's weights and clean faces, plus `options`."""
+    return lambda tmp, data: ["--weights", str(data / "bd_weights.weights.h5"),
+                              "--valid", str(data / "clean_faces.h5"), *options]
 
 
 def _nan_faces(tmp):
@@ -109,19 +110,19 @@ def _nan_faces(tmp):
 
 
 def _trojan(suffix):
-    def build(tmp, csaw):
+    def build(tmp, data):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trojan_model(tmp / "code_ran.txt").save(tmp / f"trojan{suffix}")
         (tmp / "code_ran.txt").unlink()  # building it ran the lambda once
         return ["--model", str(tmp / f"trojan{suffix}"),
-                "--valid", str(csaw / "real_clean_faces.h5")]
+                "--valid", str(data / "clean_faces.h5")]
     return build
 
 
 def _weights(builder):
-    return lambda tmp, csaw: ["--weights", str(builder(tmp)),
-                              "--valid", str(csaw / "real_clean_faces.h5")]
+    return lambda tmp, data: ["--weights", str(builder(tmp)),
+                              "--valid", str(data / "clean_faces.h5")]
 
 
 def _text_file(name):
@@ -150,7 +151,7 @@ CLI_CASES = [
      ["grey.h5", "(55, 47, 1)", "expected (55, 47, 3), the model's input"]),
     ("valid_label_out_of_range", _valid_file(
         lambda t: (write_lab_h5(t / "labels.h5", faces(), [0, 1283, 5]), t / "labels.h5")[1]),
-     ["labels.h5: field `label`", "found 1283 at index 1", "expected class labels in [0, 1283)"]),
+     ["labels.h5: field `label`", "found 1283 at index 1", "expected class labels in [0, 10)"]),
     ("valid_label_fraction", _valid_file(
         lambda t: write_h5(t / "frac.h5", data=faces().transpose(0, 3, 1, 2),
                            label=np.array([0.0, 2.5, 1.0]))),
@@ -195,10 +196,10 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("build, pieces", [c[1:] for c in CLI_CASES],
                          ids=[c[0] for c in CLI_CASES])
-def test_repair_refuses_bad_input_with_a_clean_message(csaw_dir, tmp_path, capsys, build,
+def test_repair_refuses_bad_input_with_a_clean_message(gen_dir, tmp_path, capsys, build,
                                                        pieces):
     out = tmp_path / "out"
-    argv = ["repair", *build(tmp_path, csaw_dir), "--out", str(out)]
+    argv = ["repair", *build(tmp_path, gen_dir), "--out", str(out)]
     try:
         code = cli_main(argv)
     except SystemExit as stop:  # argparse's own errors (a value that is not a number)
@@ -229,15 +230,17 @@ def test_lambda_model_is_refused_by_the_installed_command(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_unreachable_thresholds_are_warned_in_the_report(csaw_dir, tmp_path, capsys):
+def test_unreachable_thresholds_are_warned_in_the_report(gen_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli_main(["repair", *_options("--thresholds", "99.5")(tmp_path, csaw_dir),
+    options = _options("--thresholds", "99.5", "--fine-tune-epochs", "0")
+    code = cli_main(["repair", *options(tmp_path, gen_dir),
                      "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "report" / "report.json").read_text())
-    below_zero = ("threshold 99.5 asks for a drop below 0%: the original accuracy is 99.17%, "
+    base = f"{summary['baseline']['valid_accuracy']:.2f}%"
+    below_zero = (f"threshold 99.5 asks for a drop below 0%: the original accuracy is {base}, "
                   "so it can never be reached")
-    never = ("threshold 99.5: accuracy never fell 99.5 points below the original 99.17% after "
+    never = (f"threshold 99.5: accuracy never fell 99.5 points below the original {base} after "
              "pruning all 60 channels")
     assert summary["warnings"][0] == below_zero
     assert summary["warnings"][1].startswith(never)
@@ -253,13 +256,13 @@ def test_unreachable_thresholds_are_warned_in_the_report(csaw_dir, tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def two_runs(csaw_dir, tmp_path_factory):
-    """`repair` run twice, in two processes, on the real lab3 weights and faces."""
+def two_runs(gen_dir, tmp_path_factory):
+    """`repair` run twice, in two processes, on the generated BadNet and faces."""
     outs = []
     for name in ("run_a", "run_b"):
         out = tmp_path_factory.mktemp(name)
-        done = run_python(*repair_argv(csaw_dir, out, "--thresholds", "4", "--full-curve",
-                                       "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5")))
+        done = run_python(*repair_argv(gen_dir, out, "--thresholds", "4", "--full-curve",
+                                       "--poisoned", str(gen_dir / "sunglasses_faces.h5")))
         assert done.returncode == 0, done.stderr[-3000:]
         outs.append(out)
     return outs
@@ -270,7 +273,7 @@ def _without_paths(row: dict) -> dict:
 
 
 def test_two_runs_give_the_same_ranking_curve_and_goodnet_outputs(
-    two_runs, real_clean, real_sunglasses
+    two_runs, gen_clean, gen_sunglasses
 ):
     a, b = (json.loads((out / "report" / "report.json").read_text()) for out in two_runs)
     assert a["channel_order"] == b["channel_order"] and len(a["channel_order"]) == 60
@@ -279,10 +282,10 @@ def test_two_runs_give_the_same_ranking_curve_and_goodnet_outputs(
     assert [_without_paths(r) for r in a["rows"]] == [_without_paths(r) for r in b["rows"]]
     assert a["baseline"] == b["baseline"]
 
-    images = np.concatenate([real_clean[0], real_sunglasses[0]])
+    images = np.concatenate([gen_clean[0], gen_sunglasses[0]])
     served = [ServedModel(out / "goodnet_X4") for out in two_runs]
     outputs = [np.asarray(s(images)) for s in served]
-    assert outputs[0].shape == (245, 1284)
+    assert outputs[0].shape == (171, 11)
     assert np.array_equal(outputs[0], outputs[1])  # bit-identical, not just close
     assert np.allclose(outputs[0].sum(-1), 1.0, atol=1e-5)  # probabilities over N+1 classes
     # The plain B' files hold the same weights too.
@@ -312,7 +315,7 @@ def _loads(path: Path) -> None:
     if path.is_dir():
         assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir(), path
         served = ServedModel(path)
-        assert np.asarray(served(np.zeros((1, 55, 47, 3), "float32"))).shape == (1, 1284)
+        assert np.asarray(served(np.zeros((1, 55, 47, 3), "float32"))).shape == (1, 11)
     else:
         keras.saving.load_model(path, compile=False)
 
@@ -365,14 +368,14 @@ def _savedmodel_export(pid):  # TensorFlow writing the GoodNet SavedModel's vari
 
 @pytest.mark.parametrize("kill_point", [_first_write, _savedmodel_export],
                          ids=["first_write", "savedmodel_export"])
-def test_sigkill_midway_keeps_the_previous_results(two_runs, csaw_dir, tmp_path, kill_point):
+def test_sigkill_midway_keeps_the_previous_results(two_runs, gen_dir, tmp_path, kill_point):
     out = tmp_path / "saved_models"
     shutil.copytree(two_runs[0], out)  # a complete previous run (X=4, full curve)
     before = _snapshot(out)
     assert "goodnet_X4/saved_model.pb" in before and "report/report.json" in before
 
     proc = subprocess.Popen(
-        [sys.executable, *repair_argv(csaw_dir, out, "--thresholds", "4", "10")],
+        [sys.executable, *repair_argv(gen_dir, out, "--thresholds", "4", "10")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -516,8 +519,8 @@ def test_own_writes_in_progress_survive_clean_stale(tmp_path):
 # --- images that do not fit the model are refused before it runs -------------------------------
 
 
-def test_predict_and_evaluate_check_the_image_shape(lab3_model, real_clean):
-    x, y = real_clean[0][:4], real_clean[1][:4]
+def test_predict_and_evaluate_check_the_image_shape(gen_model, gen_clean):
+    x, y = gen_clean[0][:4], gen_clean[1][:4]
     wants = "which expects (N, 55, 47, 3) channels-last images"
     cases = [
         (np.zeros((4, 32, 32, 3), "float32"), "images of shape (32, 32, 3)"),
@@ -527,20 +530,22 @@ def test_predict_and_evaluate_check_the_image_shape(lab3_model, real_clean):
     ]
     for bad, found in cases:
         with pytest.raises(ValueError) as err:
-            predict_classes(lab3_model, bad, what="probe.h5")
+            predict_classes(gen_model, bad, what="probe.h5")
         assert str(err.value).startswith("probe.h5: ") and found in str(err.value)
         assert wants in str(err.value) and "model 'deepid'" in str(err.value)
     with pytest.raises(ValueError, match=r"^clean images: images of shape \(55, 47, 1\)"):
-        evaluate(lab3_model, (x[..., :1], y))
+        evaluate(gen_model, (x[..., :1], y))
     nan = x.copy()
     nan[2, 5, 5, 1] = np.nan
     with pytest.raises(ValueError, match=r"^poisoned images: image 2 holds nan; model 'deepid' "
                                          r"expects finite pixel values"):
-        evaluate(lab3_model, None, (nan, y))
-    assert predict_classes(lab3_model, x).tolist() == y.tolist()  # good images still work
+        evaluate(gen_model, None, (nan, y))
+    # Good images still work.
+    assert predict_classes(gen_model, x).tolist() == gen_model.predict(x, verbose=0).argmax(
+        -1).tolist()
 
 
-def test_served_model_checks_shapes_and_its_signature_refuses_them(two_runs, real_clean):
+def test_served_model_checks_shapes_and_its_signature_refuses_them(two_runs, gen_clean):
     served = ServedModel(two_runs[0] / "goodnet_X4")
     assert served.input_shape == (None, 55, 47, 3)
     with pytest.raises(ValueError, match=r"images of shape \(32, 32, 3\) .* expects "
@@ -550,8 +555,8 @@ def test_served_model_checks_shapes_and_its_signature_refuses_them(two_runs, rea
     for shape in [(2, 32, 32, 3), (2, 55, 47, 1), (55, 47, 3)]:
         with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
             served._loaded.serve(tf.zeros(shape, tf.float32))
-    out = np.asarray(served._loaded.serve(tf.constant(real_clean[0][:2])))
-    assert out.shape == (2, 1284) and np.allclose(out.sum(-1), 1.0, atol=1e-5)
+    out = np.asarray(served._loaded.serve(tf.constant(gen_clean[0][:2])))
+    assert out.shape == (2, 11) and np.allclose(out.sum(-1), 1.0, atol=1e-5)
 
 
 def test_eval_py_refuses_an_hdf5_file_of_another_image_size(two_runs, tmp_path):
