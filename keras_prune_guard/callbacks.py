@@ -50,11 +50,15 @@ class PruningCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> model = insert_channel_mask(bad_model)
-    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    >>> pruning = PruningCallback((x_val, y_val), PruneConfig(thresholds=[2, 4, 10]))
-    >>> model.fit(x_train, y_train, epochs=2, callbacks=[pruning])
-    >>> pruning.snapshots[4.0]  # B' for X = 4, pruned only
+    >>> import numpy as np
+    >>> from keras_prune_guard import PruneConfig, deepid, insert_channel_mask
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> model = insert_channel_mask(deepid(num_classes=3))  # B, e.g. load_network(...)
+    >>> model.compile("adam", "sparse_categorical_crossentropy", run_eagerly=True)
+    >>> pruning = PruningCallback((x, y), PruneConfig(thresholds=[2, 4, 10]), verbose=0)
+    >>> history = model.fit(x, y, epochs=1, verbose=0, callbacks=[pruning])
+    >>> sorted(pruning.snapshots)  # B' for each X, pruned only; `model` trained at X = 10
+    [2.0, 4.0, 10.0]
     """
 
     def __init__(

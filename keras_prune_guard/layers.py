@@ -31,6 +31,7 @@ class ChannelMask(keras.layers.Layer):
 
     Example:
 
+    >>> import numpy as np
     >>> mask = ChannelMask(name="pool_3_mask")
     >>> y = mask(np.ones((1, 2, 2, 4), "float32"))
     >>> mask.prune([1, 3])
@@ -134,9 +135,12 @@ class ChannelMask(keras.layers.Layer):
 
         Example:
 
-        >>> seen = []
+        >>> import numpy as np
+        >>> mask, seen = ChannelMask(), []
         >>> with mask.probing(seen.append):
-        ...     model(images, training=False)
+        ...     y = mask(np.ones((2, 3, 3, 4), "float32"))  # e.g. model(images)
+        >>> seen[0].shape
+        (2, 3, 3, 4)
         """
 
         def probe(inputs):

@@ -22,6 +22,7 @@ def is_streamed(data) -> bool:
 
     Example:
 
+    >>> import numpy as np
     >>> is_streamed((np.zeros((2, 4, 4, 3)), np.zeros(2))), is_streamed(None)
     (False, False)
     """
@@ -54,6 +55,7 @@ def check_labels(y, count: int, what: str, num_classes: int | None = None) -> np
 
     Example:
 
+    >>> import numpy as np
     >>> check_labels(np.array([0.0, 2.0]), 2, "valid", num_classes=3)
     array([0, 2])
     """
@@ -91,7 +93,10 @@ def labelled_pairs(data, what: str, num_classes: int | None = None):
 
     Example:
 
-    >>> x, y = labelled_pairs((x_valid, y_valid.astype("float32")), "valid")
+    >>> import numpy as np
+    >>> x, y = labelled_pairs((np.zeros((2, 55, 47, 3)), np.array([1.0, 0.0])), "valid")
+    >>> y
+    array([1, 0])
     """
     if is_streamed(data):
         return data
@@ -119,7 +124,11 @@ def check_images(model, x, what: str = "images") -> None:
 
     Example:
 
-    >>> check_images(served, np.zeros((2, 55, 47, 1)), "grey.h5")
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid
+    >>> check_images(deepid(), np.zeros((2, 55, 47, 1)), "grey.h5")
+    Traceback (most recent call last):
+        ...
     ValueError: grey.h5: images of shape (55, 47, 1) ...
     """
     shape = tuple(np.shape(x))
@@ -243,8 +252,11 @@ def check_unit_pixels(x: np.ndarray, what: str) -> None:
 
     Example:
 
+    >>> import numpy as np
     >>> check_unit_pixels(np.full((2, 4, 4, 3), 0.5), "faces.h5")
-    ValueError: faces.h5: found pixel values within 0..1 (max 0.5) ...
+    Traceback (most recent call last):
+        ...
+    ValueError: faces.h5: found pixel values within 0..1 (max 0.5, fractional); expected raw ...
     """
     x = np.asarray(x)
     if not x.size or x.dtype.kind != "f":
@@ -283,8 +295,13 @@ def check_model_on(model, data, what: str, source: str | None = None) -> None:
 
     Example:
 
-    >>> check_model_on(bad_model, (x_valid / 255, y_valid), "valid")
-    ValueError: valid: pixel values are within 0..1 ...
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid
+    >>> x = np.random.default_rng(0).uniform(0, 255, (2, 55, 47, 3))
+    >>> check_model_on(deepid(), x / 255, "valid")  # unlabelled images scaled by 1/255
+    Traceback (most recent call last):
+        ...
+    ValueError: valid: found pixel values within 0..1 (max 1, fractional); expected raw ...
     """
     first = _first_batch(data, SANITY_IMAGES)
     if first is None or not len(first[0]):

@@ -38,6 +38,7 @@ def batches(data, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarr
 
     Example:
 
+    >>> import numpy as np
     >>> [len(x) for x, _ in batches((np.zeros((5, 2, 2, 1)), np.arange(5)), 2)]
     [2, 2, 1]
     """
@@ -70,7 +71,9 @@ def compiled_forward(model: keras.Model):
 
     Example:
 
-    >>> compiled_forward(model)(np.zeros((2, 55, 47, 3), "float32")).shape
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid
+    >>> compiled_forward(deepid())(np.zeros((2, 55, 47, 3), "float32")).shape
     TensorShape([2, 1283])
     """
     forward = _FORWARDS.get(model)
@@ -102,7 +105,12 @@ def replicate(model, strategy: tf.distribute.Strategy):
 
     Example:
 
-    >>> copy = replicate(model, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    >>> import keras
+    >>> import tensorflow as tf
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> copy = replicate(model, tf.distribute.MirroredStrategy(["/cpu:0"]))  # e.g. all GPUs
+    >>> copy is not model, [w.shape for w in copy.get_weights()]
+    (True, [(4, 2), (2,)])
     """
     if not isinstance(model, keras.Model):
         return model
@@ -247,8 +255,16 @@ def map_batches(
 
     Example:
 
-    >>> for classes, y in map_batches(model, dataset, strategy=strategy, argmax=True):
-    ...     correct += (classes == y).sum()
+    >>> import keras
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> data, strategy = (np.ones((5, 4)), np.arange(5)), tf.distribute.MirroredStrategy(["/cpu:0"])
+    >>> for classes, y in map_batches(model, data, strategy=strategy, batch_size=2, argmax=True):
+    ...     print(classes.shape, y.tolist())
+    (2,) [0, 1]
+    (2,) [2, 3]
+    (1,) [4]
     """
     if strategy is None:
         forward = compiled_forward(model) if isinstance(model, keras.Model) else model
@@ -282,8 +298,12 @@ class BlockRunner:
 
     Example:
 
-    >>> classify = BlockRunner(lambda a: tf.argmax(tail(a), -1), strategy)
-    >>> classify(activations)  # numpy, one row per input row
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # e.g. all GPUs
+    >>> classify = BlockRunner(lambda a: tf.argmax(a, -1), strategy)  # e.g. a model's tail
+    >>> classify(np.eye(3)[[2, 0, 1]])  # numpy, one row per input row
+    array([2, 0, 1])
     """
 
     def __init__(self, fn: Callable, strategy: tf.distribute.Strategy):

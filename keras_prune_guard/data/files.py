@@ -136,6 +136,7 @@ def check_labels(
 
     Example:
 
+    >>> import numpy as np
     >>> check_labels("x.h5", np.array([0.0, 2.0]), num_classes=3)
     array([0, 2])
     """
@@ -178,7 +179,13 @@ def check_pixels(path, x: np.ndarray, *, offset: int = 0, field: str = "data") -
 
     Example:
 
-    >>> check_pixels("x.h5", np.zeros((2, 4, 4, 3)))
+    >>> import numpy as np
+    >>> check_pixels("x.h5", np.zeros((2, 4, 4, 3)))  # fine: returns None
+    >>> check_pixels("x.h5", np.full((2, 4, 4, 3), 300.0))
+    Traceback (most recent call last):
+        ...
+    keras_prune_guard.data.files.DataError: x.h5: field `data`: found pixel values 300.0..300.0
+    in image 0; expected raw pixel values within 0..255.
     """
     x = np.asarray(x)
     if x.size == 0:
@@ -247,7 +254,10 @@ def check_memory(path, count: int, image_shape: tuple[int, int, int],
     Example:
 
     >>> check_memory("big.h5", 400_000, (55, 47, 3), available=16e9)
-    DataError: big.h5: field `data`: found 400,000 images of (55, 47, 3), 12.4 GB as float32 ...
+    Traceback (most recent call last):
+        ...
+    keras_prune_guard.data.files.DataError: big.h5: field `data`: found 400,000 images of
+    (55, 47, 3), 12.4 GB as float32 ...
     """
     needed = int(count) * (int(np.prod(image_shape)) * 4 + 8)
     available = available_memory() if available is None else int(available)
@@ -315,8 +325,13 @@ def h5_info(
 
     Example:
 
-    >>> h5_info("real_clean_faces.h5", image_shape=(55, 47, 3))["count"]
-    120
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/clean_faces.h5"
+    >>> write_lab_h5(path, np.zeros((120, 55, 47, 3), "uint8"), np.arange(120) % 10)
+    >>> info = h5_info(path, image_shape=(55, 47, 3))
+    >>> info["count"], info["label_range"]
+    (120, (0, 9))
     """
     image_shape, num_classes = _check_args(image_shape, num_classes)
     p = _existing_file(path)
@@ -418,8 +433,15 @@ def iter_lab_h5(
 
     Example:
 
-    >>> for x, y in iter_lab_h5("valid.h5", 256, image_shape=(55, 47, 3)):
-    ...     print(x.shape, y.shape)
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/valid.h5"
+    >>> write_lab_h5(path, np.zeros((5, 55, 47, 3), "uint8"), np.arange(5))
+    >>> for x, y in iter_lab_h5(path, 2, image_shape=(55, 47, 3)):
+    ...     print(x.shape, y.tolist())
+    (2, 55, 47, 3) [0, 1]
+    (2, 55, 47, 3) [2, 3]
+    (1, 55, 47, 3) [4]
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -465,7 +487,13 @@ def load_lab_h5(
 
     Example:
 
-    >>> x, y = load_lab_h5("real_clean_faces.h5", image_shape=(55, 47, 3), num_classes=1283)
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/clean_faces.h5"
+    >>> write_lab_h5(path, np.full((3, 55, 47, 3), 7, "uint8"), np.array([4, 0, 2]))
+    >>> x, y = load_lab_h5(path, image_shape=(55, 47, 3), num_classes=1283)
+    >>> x.shape, x.dtype, float(x.max()), y
+    ((3, 55, 47, 3), dtype('float32'), 7.0, array([4, 0, 2]))
     """
     info = h5_info(path, image_shape=image_shape, num_classes=num_classes, in_memory=True)
     x_all = np.empty((info["count"], *info["image_shape"]), dtype="float32")  # no concat copy
@@ -511,8 +539,13 @@ def lab_h5_dataset(
 
     Example:
 
-    >>> valid = lab_h5_dataset("valid.h5", 1024, image_shape=(55, 47, 3), num_classes=1283)
-    >>> result = sweep(masked_model, valid)  # the images are never all in memory
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/valid.h5"
+    >>> write_lab_h5(path, np.zeros((5, 55, 47, 3), "uint8"), np.arange(5))
+    >>> valid = lab_h5_dataset(path, 2, image_shape=(55, 47, 3), num_classes=1283)
+    >>> [len(y) for x, y in valid]  # e.g. sweep(masked, valid): never all in memory
+    [2, 2, 1]
     """
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
@@ -627,7 +660,14 @@ def load_images(
 
     Example:
 
-    >>> x, names = load_images("faces/", image_shape=(55, 47, 3))
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.fromarray(np.zeros((55, 47, 4), "uint8"), "RGBA").save(f"{folder}/face.png")
+    >>> x, names = load_images(folder, image_shape=(55, 47, 3))
+    >>> x.shape, names
+    ((1, 55, 47, 3), ['face.png'])
     """
     image_shape, _ = _check_args(image_shape, None)
     if image_shape is not None and image_shape[2] not in (1, 3):
@@ -674,7 +714,14 @@ def load_inputs(
 
     Example:
 
-    >>> x, y = load_inputs("faces/", image_shape=(55, 47, 3))  # y is None
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.fromarray(np.zeros((55, 47, 3), "uint8")).save(f"{folder}/face.png")
+    >>> x, y = load_inputs(folder, image_shape=(55, 47, 3))
+    >>> x.shape, y
+    ((1, 55, 47, 3), None)
     """
     if Path(os.fspath(path)).suffix.lower() in H5_SUFFIXES:
         return load_lab_h5(path, image_shape=image_shape, num_classes=num_classes)
@@ -691,7 +738,12 @@ def load_true_labels(path: str | os.PathLike) -> np.ndarray | None:
 
     Example:
 
-    >>> load_true_labels("bd/bd_test.h5")[:3]
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path, images = f"{tempfile.mkdtemp()}/bd_test.h5", np.zeros((3, 55, 47, 3), "uint8")
+    >>> write_lab_h5(path, images, np.zeros(3), true_label=np.array([5, 1, 2]))
+    >>> load_true_labels(path)
+    array([5, 1, 2])
     """
     p = _existing_file(path)
     with _open_h5(p) as f:
@@ -716,7 +768,14 @@ def write_lab_h5(
 
     Example:
 
-    >>> write_lab_h5("valid.h5", np.zeros((2, 55, 47, 3), "uint8"), np.array([0, 1]))
+    >>> import tempfile
+    >>> import h5py
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/valid.h5"
+    >>> write_lab_h5(path, np.zeros((2, 55, 47, 3), "uint8"), np.array([0, 1]))
+    >>> with h5py.File(path) as f:
+    ...     print(f["data"].shape)  # the lab's (N, C, H, W)
+    (2, 3, 55, 47)
     """
     images = np.asarray(images)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
