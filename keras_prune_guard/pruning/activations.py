@@ -38,9 +38,13 @@ class MappedArray:
 
     Example:
 
-    >>> rows = MappedArray("acts.f32", (100000, 5, 4, 60))
-    >>> rows[np.array([3, 7])].shape
-    (2, 5, 4, 60)
+    >>> import tempfile
+    >>> import numpy as np
+    >>> path = f"{tempfile.mkdtemp()}/acts.f32"
+    >>> np.arange(10 * 5 * 4 * 60, dtype="float32").tofile(path)
+    >>> rows = MappedArray(path, (10, 5, 4, 60))
+    >>> rows[np.array([3, 7])].shape, float(rows[1][0, 0, 0])
+    ((2, 5, 4, 60), 1200.0)
     """
 
     dtype = np.dtype("float32")
@@ -79,10 +83,14 @@ class ActivationCache:
 
     Example:
 
-    >>> with ActivationCache("/scratch") as cache:
-    ...     for batch in batches_of_activations:
+    >>> import tempfile
+    >>> import numpy as np
+    >>> with ActivationCache(tempfile.mkdtemp()) as cache:  # a folder: a file there, not RAM
+    ...     for batch in (np.ones((3, 5, 4, 60)), np.zeros((2, 5, 4, 60))):
     ...         cache.append(batch)
     ...     rows = cache.finish()
+    ...     print(type(rows).__name__, rows.shape, rows[2:4, 0, 0, 0])
+    MappedArray (5, 5, 4, 60) [1. 0.]
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, count: int | None = None):
@@ -245,8 +253,15 @@ def collect(
 
     Example:
 
-    >>> with collect(head, lab_h5_dataset("valid.h5"), cache_dir="/scratch") as acts:
-    ...     print(acts.means.shape, acts.bytes_per_image)
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from keras_prune_guard.model.loading import deepid
+    >>> from keras_prune_guard.model.surgery import insert_channel_mask, split_at_mask
+    >>> head, tail = split_at_mask(insert_channel_mask(deepid()))  # head: input to pool_3
+    >>> x = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)).astype("float32")
+    >>> with collect(head, (x, None), cache_dir=tempfile.mkdtemp()) as acts:
+    ...     print(acts.values.shape, acts.means.shape, acts.bytes_per_image)
+    (8, 5, 4, 60) (60,) 4800
     """
     arrays = _arrays(data)
     if arrays is not None and arrays[1] is not None and len(arrays[1]) != len(arrays[0]):

@@ -78,8 +78,13 @@ def prune(
 
     Example:
 
-    >>> result = prune(bad_model, (x_valid, y_valid), PruneConfig(thresholds=[2, 4, 10]))
-    >>> b_prime = result.snapshots[10.0]
+    >>> import numpy as np
+    >>> from keras_prune_guard import PruneConfig, deepid
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> result = prune(deepid(num_classes=3), (x, y), PruneConfig(thresholds=[2, 4, 10]), verbose=0)
+    >>> b_prime = result.snapshots[10.0]  # B' for X = 10: a copy of B, masked after pool_3
+    >>> result.sweep.layer, sorted(result.snapshots), b_prime.name
+    ('pool_3', [2.0, 4.0, 10.0], 'deepid_pruned_10')
     """
     valid, config, options = legacy_data("prune", valid, config, legacy, options)
     config, run = options_from(config, run, options, "prune")

@@ -38,7 +38,14 @@ def collect_activations(
 
     Example:
 
-    >>> acts, labels = collect_activations(head, (x_valid, y_valid))
+    >>> import numpy as np
+    >>> from keras_prune_guard.model.loading import deepid
+    >>> from keras_prune_guard.model.surgery import insert_channel_mask, split_at_mask
+    >>> head, tail = split_at_mask(insert_channel_mask(deepid()))  # head: input to pool_3
+    >>> x = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)).astype("float32")
+    >>> acts, labels = collect_activations(head, (x, np.arange(8)), batch_size=4)
+    >>> acts.shape, labels.tolist()
+    ((8, 5, 4, 60), [0, 1, 2, 3, 4, 5, 6, 7])
     """
 
     with collect(head, data, batch_size=batch_size, strategy=strategy) as acts:
@@ -54,6 +61,7 @@ def activation_means(activations: np.ndarray | Iterable[np.ndarray]) -> np.ndarr
 
     Example:
 
+    >>> import numpy as np
     >>> activation_means(np.ones((2, 3, 4), "float32")).tolist()
     [1.0, 1.0, 1.0, 1.0]
     """
@@ -94,6 +102,7 @@ def rank_channels(
 
     Example:
 
+    >>> import numpy as np
     >>> rank_channels(np.array([0.5, 0.0, 0.0, 2.0])).tolist()
     [1, 2, 0, 3]
     >>> rank_channels(np.array([1.0 + 1e-12, 1.0, 0.5])).tolist()
@@ -145,8 +154,13 @@ def channel_ranking(
 
     Example:
 
-    >>> head, _ = split_at_mask(insert_channel_mask(model))
-    >>> ranking, means = channel_ranking(head, x_valid)
+    >>> import keras
+    >>> import numpy as np
+    >>> head = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.ReLU()])  # split_at_mask
+    >>> x = np.ones((4, 2, 2, 3)) * np.array([2.0, 0.0, 1.0])  # channel means 2, 0 and 1
+    >>> ranking, means = channel_ranking(head, x)
+    >>> ranking.tolist(), means.tolist()
+    ([1, 2, 0], [2.0, 0.0, 1.0])
     """
 
     # The sweep's own pass (activations.collect), so the two can never rank differently.

@@ -196,10 +196,15 @@ def sweep(
 
     Example:
 
-    >>> masked = insert_channel_mask(bad_model)
-    >>> result = sweep(masked, (x_valid, y_valid), PruneConfig(thresholds=[2, 4, 10]))
-    >>> result.snapshots[4.0].num_pruned
-    48
+    >>> import numpy as np
+    >>> from keras_prune_guard import PruneConfig, deepid, insert_channel_mask
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> masked = insert_channel_mask(deepid(num_classes=3))  # B, e.g. load_network(...)
+    >>> result = sweep(masked, (x, y), PruneConfig(thresholds=[2, 4, 10]), verbose=0)
+    >>> result.layer, result.channels, sorted(result.snapshots)  # snapshots[X]: B' for X
+    ('pool_3', 60, [2.0, 4.0, 10.0])
+    >>> result.warnings[0]  # use more images than 8
+    'valid holds 8 images: each is 12.5 points of accuracy, ...'
     """
     config, run = options_from(config, run, options, "sweep")
     find_channel_mask(model)  # a clear error when the model has no mask

@@ -138,8 +138,13 @@ def sweep_whole(
 
     Example:
 
-    >>> result = sweep_whole(my_subclassed_model, (x_valid, y_valid), thresholds=[4])
-    >>> result.snapshots[4.0].pruned_channels[:3]
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid, insert_channel_mask
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> masked = insert_channel_mask(deepid(num_classes=3))  # or a subclassed model's mask
+    >>> result = sweep_whole(masked, (x, y), thresholds=[4], verbose=0)
+    >>> result.stats["path"], result.snapshots[4.0].num_pruned <= result.channels
+    ('whole model', True)
     """
     config, run = options_from(config, run, options, "sweep_whole")
     if run.strategy is not None:
