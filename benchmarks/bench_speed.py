@@ -116,7 +116,7 @@ def run_setup(name: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from keras_prune_guard.model.goodnet import GoodNetModel
+    from keras_prune_guard.detect.goodnet import GoodNetModel
     from keras_prune_guard.model.surgery import (
         find_channel_mask,
         insert_channel_mask,

@@ -3,7 +3,7 @@
 The flow, one room per stage (docs/layout.md), one `PruneConfig` travelling the whole way:
 B + D_valid -> `data/` (the one validator) -> `insert_channel_mask` (`model/surgery`)
 -> `pruning/`: activations -> `rank_channels` -> `sweep` -> B' (`prune`, `PruningCallback`)
--> `defend/`: `fine_tune` -> B'' -> `GoodNetModel` (`model/goodnet`)
+-> `defend/`: `fine_tune` -> B'' -> `GoodNetModel` (`detect/goodnet`)
 -> `deploy/`: `export_goodnet`, `evaluate` -> `repair` returns a `RepairResult` -> `report/`.
 
 This module is the public API only. Importing it registers `ChannelMask` and `GoodNetModel`
@@ -16,8 +16,8 @@ from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
 from keras_prune_guard.defend.finetune import fine_tune
 from keras_prune_guard.deploy.evaluate import evaluate
 from keras_prune_guard.deploy.export import export_goodnet, save_model
+from keras_prune_guard.detect.goodnet import GoodNetModel
 from keras_prune_guard.layers import ChannelMask
-from keras_prune_guard.model.goodnet import GoodNetModel
 from keras_prune_guard.model.loading import deepid, load_network
 from keras_prune_guard.model.surgery import insert_channel_mask, last_pooling_layer
 from keras_prune_guard.pruning.prune import PruningResult, prune

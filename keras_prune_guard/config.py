@@ -448,6 +448,71 @@ class RunOptions:
             absl.logging.info(message)
 
 
+#: Detection scores a GoodNet can threshold, the default first (`detect.scores.SCORES`
+#: holds the functions; docs/detection.md says why the default).
+DETECTION_SCORES = ("confidence_drop", "kl", "disagreement")
+#: The clean false-alarm budget `repair` calibrates GoodNets at (STRIP's paper sets 1%).
+DEFAULT_FALSE_ALARM = 0.01
+MAX_STRIP_BLENDS = 1024
+
+
+@_strict
+@dataclass(frozen=True)
+class DetectConfig(_Serialisable):
+    """How `repair` turns each GoodNet into a detector with a false-alarm budget.
+
+    The threshold of each GoodNet's `score` is set on held-out clean images alone
+    (the part of the clean data fine-tuning held out, or the validation images when
+    nothing is trained) so that at most `false_alarm` of them are flagged. STRIP runs
+    beside it on B, on the same clean images and budget.
+
+    Args:
+        false_alarm: the clean false-alarm budget, a fraction in (0, 0.5]; 0 keeps
+            0.2's rule (flag where B and B' disagree, no threshold). Defaults to 0.01.
+        score: the GoodNet's detection score, one of `DETECTION_SCORES`. Defaults
+            to "confidence_drop".
+        strip: also run STRIP on B and report it beside the GoodNets. Defaults to
+            `True`.
+        strip_blends: clean images each input is blended with (STRIP's N), 1 to
+            `MAX_STRIP_BLENDS`. Defaults to 64.
+        strip_alpha: the input's weight in each blend, in (0, 1). Defaults to 0.5.
+
+    Example:
+
+    >>> DetectConfig(false_alarm=0.02).score
+    'confidence_drop'
+    """
+
+    false_alarm: float = field(default=DEFAULT_FALSE_ALARM, metadata={
+        "help": "clean false-alarm budget of each GoodNet, a fraction: its threshold is set "
+        "on held-out clean images so that at most this share of them is flagged (0 = 0.2's "
+        "rule: flag where B and B' disagree); at most 0.5"})
+    score: str = field(default=DETECTION_SCORES[0], metadata={
+        "choices": DETECTION_SCORES, "help": "the GoodNet's detection score: B's confidence "
+        "in its class minus B''s probability of it, KL(B || B'), or plain disagreement"})
+    strip: bool = field(default=True, metadata={
+        "help": "also run STRIP on B at the same budget and report it beside the GoodNets"})
+    strip_blends: int = field(default=64, metadata={
+        "help": f"STRIP: clean images each input is blended with (1 to {MAX_STRIP_BLENDS})"})
+    strip_alpha: float = field(default=0.5, metadata={
+        "help": "STRIP: the input's weight in each blend, in (0, 1)"})
+
+    def __post_init__(self):
+        _number("false_alarm", self.false_alarm, 0.0, 0.5)
+        _choice("score", self.score, DETECTION_SCORES)
+        _flag("strip", self.strip)
+        _positive_int("strip_blends", self.strip_blends, maximum=MAX_STRIP_BLENDS)
+        _number("strip_alpha", self.strip_alpha, 0.0, 1.0, open_low=True, open_high=True)
+        object.__setattr__(self, "false_alarm", float(self.false_alarm))
+        object.__setattr__(self, "strip_alpha", float(self.strip_alpha))
+        object.__setattr__(self, "strip_blends", int(self.strip_blends))
+
+    @property
+    def calibrated(self) -> bool:
+        """True when GoodNets get a threshold (`false_alarm` > 0)."""
+        return self.false_alarm > 0
+
+
 _PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunOptions)}
 
@@ -497,6 +562,10 @@ def options_from(
 
 
 __all__ = [
+    "DEFAULT_FALSE_ALARM",
+    "DETECTION_SCORES",
+    "DetectConfig",
+    "MAX_STRIP_BLENDS",
     "SHAPES",
     "parse_schedule",
     "AUGMENTATIONS",

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_prune_guard._compat import deprecated
 from keras_prune_guard._fs.outputs import RunFolder, run_folder
 from keras_prune_guard.config import (
+    DetectConfig,
     FineTuneConfig,
     PruneConfig,
     RunOptions,
@@ -34,7 +36,9 @@ from keras_prune_guard.deploy.export import (
     save_model,
     save_plain_h5,
 )
-from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.detect.calibrate import calibration_split, too_few_warning
+from keras_prune_guard.detect.figures import goodnet_figures, strip_figures, summary
+from keras_prune_guard.detect.goodnet import GoodNetModel
 from keras_prune_guard.model.surgery import channel_layer
 from keras_prune_guard.pruning.prune import prune
 from keras_prune_guard.report import markdown_table
@@ -54,6 +58,9 @@ class _Data:
     fine_tune_label: str | None = None
     formats: tuple[str, ...] = ("savedmodel",)
     true_labels: object = None
+    detect: DetectConfig = DetectConfig(false_alarm=0.0, strip=False)
+    calibration: object = None  # held-out clean images that set each GoodNet's threshold
+    pool: object = None  # the other clean images (STRIP blends with them)
 
     @property
     def scored(self) -> bool:
@@ -72,6 +79,7 @@ def repair(
     fine_tune: FineTuneConfig | None = None,
     fine_tune_data=None,
     fine_tune_label: str | None = None,
+    detect: DetectConfig | None = None,
     trigger_region: tuple[int, int, int, int] | None = None,
     model_label: str | None = None,
     formats=("savedmodel",),
@@ -118,6 +126,9 @@ def repair(
             meaning `valid` (as the Fine-Pruning paper does).
         fine_tune_label: how to name the fine-tuning data in the report.
             Defaults to `None` ("the validation data" or "fine_tune_data").
+        detect: how each GoodNet becomes a detector (`DetectConfig`: a threshold
+            on its score set on held-out clean images for a false-alarm budget,
+            and STRIP beside it). Defaults to `None` (`DetectConfig()`: 1%).
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.
@@ -153,17 +164,20 @@ def repair(
     data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
                          fine_tune_label, num_classes)
     data.true_labels = _true_labels(true_labels, data.poisoned)
+    _detection_data(data, detect, fine_tune)
     channel_layer(model, config.after)
     data.formats = check_formats(formats)
     with run_folder(out_dir, log=run.log) as folder:  # checked and locked before any work
         pruned = _prune(model, data, config, run)
         result = _new_result(model, pruned.sweep, config, fine_tune, data, model_label, run)
+        _calibration_note(result, data, run)
         figure_models = {"B": model}
         for t, snap in pruned.sweep.snapshots.items():
             row, models = repair_at(model, pruned.snapshots[t], snap, pruned.sweep.channels,
                                     folder, data, fine_tune, run)
             result.rows.append(row)
             figure_models.update(models)
+        result.strip = _strip(model, data, run)
         write_report(result, folder, figure_models, data, trigger_region, run)
         folder.commit()  # every file of the run published together
     return result
@@ -228,6 +242,56 @@ def _check_inputs(model, valid, test, poisoned, fine_tune: FineTuneConfig, fine_
     return data
 
 
+def _detection_data(data: _Data, detect: DetectConfig | None, fine_tune: FineTuneConfig
+                    ) -> None:
+    """Checks `detect` and sets aside the held-out clean images that calibrate each GoodNet.
+
+    They are the images fine-pruning holds out (`calibrate.calibration_split`), taken
+    from the fine-tuning data, or from the validation data when nothing is trained.
+    """
+    if detect is not None and not isinstance(detect, DetectConfig):
+        raise ValueError(f"repair: detect must be a DetectConfig or None. Received: {detect!r}")
+    data.detect = detect or DetectConfig()
+    if not data.detect.calibrated:
+        return
+    clean = data.fine_tune if data.fine_tune is not None else data.valid
+    if is_streamed(clean):
+        clean = _first_pairs(clean, CALIBRATION_FROM_STREAM)
+    data.pool, data.calibration = calibration_split(clean, fine_tune)
+
+
+#: Clean images read from a streamed validation set to calibrate on (when nothing is trained).
+CALIBRATION_FROM_STREAM = 4096
+
+
+def _first_pairs(stream, count: int) -> tuple:
+    x = first_images(stream, count)
+    return x, np.zeros(len(x), "int64")  # the split needs labels; calibration reads none
+
+
+def _strip(model, data: _Data, run: RunOptions):
+    """STRIP on B beside the GoodNets, on the same clean images and budget (or None)."""
+    if not (data.detect.strip and data.calibration is not None):
+        return None
+    run.log(f"STRIP: blending each test image with {data.detect.strip_blends} clean images ...")
+    figures = strip_figures(model, data.pool, data.calibration, data.test, data.poisoned,
+                            data.detect)
+    if figures is not None:
+        run.log(summary("STRIP on B", figures))
+    return figures
+
+
+def _calibration_note(result: RepairResult, data: _Data, run: RunOptions) -> None:
+    """Records the detection settings, and a warning when too few images calibrate."""
+    result.detect = data.detect
+    if data.calibration is None:
+        return
+    note = too_few_warning(len(data.calibration), data.detect.false_alarm)
+    if note:
+        result.warnings.append(note)
+        run.log(f"Warning: {note}")
+
+
 def _true_labels(true_labels, poisoned):
     """The poisoned images' true classes, checked against the poisoned data (or None)."""
     if true_labels is None:
@@ -267,8 +331,8 @@ def repair_at(model, b_prime, snap, channels: int, folder: RunFolder, data: _Dat
         fraction_pruned=snap.fraction_pruned, valid_accuracy=snap.valid_accuracy,
         pruned_channels=snap.pruned_channels,
     )
-    row.files, row.repaired, row.goodnet = _write_and_score(model, b_prime, tag, folder,
-                                                            data, run)
+    row.files, row.repaired, row.goodnet, row.detection = _write_and_score(
+        model, b_prime, tag, folder, data, run)
     run.log(f"X={t:g}: {snap.num_pruned}/{channels} channels pruned, validation accuracy "
             f"{snap.valid_accuracy:.2f}%; wrote {folder.out_dir / ('*_' + tag)}* (staged)")
     models = {f"B' X={t:g}": b_prime}
@@ -307,12 +371,21 @@ def score(model, data: _Data, run: RunOptions, flag_class: int | None = None) ->
 
 def _write_and_score(model, repaired, tag: str, folder: RunFolder, data: _Data,
                      run: RunOptions):
-    """Stages B' (or B'') and its GoodNet for `tag`; returns their final paths and scores."""
-    goodnet = GoodNetModel(model, repaired, name=f"goodnet_{tag}")
+    """Stages B' (or B'') and its GoodNet for `tag` (calibrated when `data.detect` says so);
+    returns their final paths, their scores and the GoodNet's `Detection` (or None)."""
+    goodnet = GoodNetModel(model, repaired, name=f"goodnet_{tag}", score=data.detect.score)
+    if data.calibration is not None:
+        goodnet = goodnet.calibrate(data.calibration, data.detect.false_alarm)
     check = None if data.test is None else first_images(data.test, 64)
     files = write_models(repaired, goodnet, folder.staging, tag, data.formats, check)
     files = {k: str(v) for k, v in folder.final(files).items()}
-    return files, score(repaired, data, run), score(goodnet, data, run, goodnet.num_classes)
+    figures = None if data.calibration is None else goodnet_figures(
+        goodnet, data.test, data.poisoned, len(data.calibration))
+    if figures is not None:
+        name = "G'' " if tag.startswith("ft_") else "G "
+        run.log(summary(name + tag.removeprefix("ft_").replace("X", "X="), figures))
+    return (files, score(repaired, data, run), score(goodnet, data, run, goodnet.num_classes),
+            figures)
 
 
 def write_models(repaired: keras.Model, goodnet: GoodNetModel, out_dir: Path, tag: str,
@@ -347,12 +420,12 @@ def fine_tune_row(model, b_prime, tag: str, folder: RunFolder, data: _Data,
         run.log(f"{where}: fine-pruning kept B': {choice.reason}")
         row = FineTuned(valid_accuracy=None, train_loss=[], choice=choice)
         return row, b_second
-    files, repaired, goodnet = _write_and_score(model, b_second, f"ft_{tag}", folder, data,
-                                                run)
+    files, repaired, goodnet, figures = _write_and_score(model, b_second, f"ft_{tag}", folder,
+                                                         data, run)
     row = FineTuned(
         valid_accuracy=evaluate(b_second, data.valid, strategy=run.strategy).test_accuracy,
         train_loss=[float(v) for v in b_second.history.history.get("loss", [])],
-        repaired=repaired, goodnet=goodnet, files=files, choice=choice,
+        repaired=repaired, goodnet=goodnet, files=files, choice=choice, detection=figures,
     )
     how = f"{config.epochs} epochs" if choice is None else \
         f"{choice.schedule}, epoch {choice.epoch}/{config.epochs} ({choice.reason})"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_prune_guard.config import FineTuneConfig, PruneConfig
+from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig
 
 
 class ReportError(ValueError):
@@ -101,6 +101,35 @@ class Scores(_Record):
     detection_rate: float | None = None
     false_alarm_rate: float | None = None
     robust_accuracy: float | None = None
+
+
+@dataclass
+class Detection(_Record):
+    """A detector's figures: its threshold, set on held-out clean images for a budget, and
+    what it flags on the clean test images and the triggered ones, with its ROC curve.
+
+    `method` is "goodnet" (score `score` of B and B'/B'') or "strip" (on B).
+    `false_alarm` is the budget (a fraction); the rates are percentages:
+    `false_alarm_rate` of the clean test images flagged at `threshold`,
+    `detection_rate` of all triggered images, `detection_rate_fooled` of the triggered
+    images B gives the attacker's target (None when it gives none). `auroc` is the area
+    under `roc` (a fraction, 0.5 = chance) and `detection_at_1` / `detection_at_5` the
+    detection at 1% / 5% clean false alarm on the test images (each at its own threshold,
+    which a defender could not set: the calibrated figures are the deployable ones).
+    """
+
+    method: str
+    score: str
+    false_alarm: float
+    threshold: float
+    calibration_images: int
+    false_alarm_rate: float | None = None
+    detection_rate: float | None = None
+    detection_rate_fooled: float | None = None
+    auroc: float | None = None
+    detection_at_1: float | None = None
+    detection_at_5: float | None = None
+    roc: list[list[float]] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -221,6 +250,7 @@ class FineTuned(_Record):
     goodnet: Scores | None = None
     files: dict[str, str] = field(default_factory=dict)
     choice: FineTuneChoice | None = None
+    detection: Detection | None = None
 
 
 @dataclass
@@ -239,6 +269,7 @@ class ThresholdResult(_Record):
     goodnet: Scores | None = None
     files: dict[str, str] = field(default_factory=dict)
     fine_tuned: FineTuned | None = None
+    detection: Detection | None = None
 
     channels_pruned = _Renamed("num_pruned")
 
@@ -281,11 +312,15 @@ class RepairResult(_Record):
     saliency_trigger_share: dict | None = None
     report_files: dict[str, str] = field(default_factory=dict)
     title: str = "keras-prune-guard repair report"
+    detect: DetectConfig | None = None
+    strip: Detection | None = None
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["config"] = self.config.get_config()
         out["fine_tune"] = None if self.fine_tune is None else self.fine_tune.get_config()
+        out["detect"] = None if self.detect is None else self.detect.get_config()
+        out["strip"] = None if self.strip is None else dataclasses.asdict(self.strip)
         out["baseline"] = dataclasses.asdict(self.baseline)
         out["rows"] = [dataclasses.asdict(r) for r in self.rows]
         out["curve"] = [dataclasses.asdict(p) for p in self.curve]
@@ -361,6 +396,34 @@ class _Reader:
         return Scores(**{f.name: self.percent(raw.get(f.name), f"{where}[{f.name!r}]")
                          for f in dataclasses.fields(Scores)})
 
+    def fraction(self, value: Any, where: str) -> float:
+        number = self.required(value, where)
+        if not (math.isfinite(number) and 0 <= number <= 1):
+            raise ReportError(f"summary {where}: expected a fraction in [0, 1], found {value!r}")
+        return number
+
+    def detection(self, value: Any, where: str) -> Detection | None:
+        if value is None:
+            return None
+        raw = self.mapping(value, where)
+        rates = ("false_alarm_rate", "detection_rate", "detection_rate_fooled",
+                 "detection_at_1", "detection_at_5")
+        auroc = raw.get("auroc")
+        roc = [[self.fraction(v, f"{where}['roc'][{i}]") for v in self.items(p, where)]
+               for i, p in enumerate(self.items(raw.get("roc"), f"{where}['roc']"))]
+        if any(len(p) != 2 for p in roc):
+            raise ReportError(f"summary {where}['roc']: expected [false_alarm, detection] "
+                              "pairs")
+        return Detection(
+            method=str(raw.get("method") or ""), score=str(raw.get("score") or ""),
+            false_alarm=self.fraction(raw.get("false_alarm"), f"{where}['false_alarm']"),
+            threshold=self.required(raw.get("threshold"), f"{where}['threshold']"),
+            calibration_images=self.count(raw.get("calibration_images"),
+                                          f"{where}['calibration_images']"),
+            auroc=None if auroc is None else self.fraction(auroc, f"{where}['auroc']"),
+            roc=roc, **{k: self.percent(raw.get(k), f"{where}[{k!r}]") for k in rates},
+        )
+
     def choice(self, value: Any, where: str) -> FineTuneChoice | None:
         if value is None:
             return None
@@ -435,6 +498,7 @@ class _Reader:
                 goodnet=self.scores(t.get("goodnet"), f"{at}['goodnet']"),
                 files=self.files(t.get("files"), f"{at}['files']"),
                 choice=self.choice(t.get("choice"), f"{at}['choice']"),
+                detection=self.detection(t.get("detection"), f"{at}['detection']"),
             )
         return ThresholdResult(
             threshold=threshold,
@@ -448,6 +512,7 @@ class _Reader:
             goodnet=self.scores(r.get("goodnet"), f"{where}['goodnet']"),
             files=self.files(r.get("files"), f"{where}['files']"),
             fine_tuned=tuned,
+            detection=self.detection(r.get("detection"), f"{where}['detection']"),
         )
 
     def config(self, data: Mapping) -> PruneConfig:
@@ -508,13 +573,24 @@ class _Reader:
             warnings=[str(w) for w in self.items(data.get("warnings"), "['warnings']")],
             saliency_trigger_share=data.get("saliency_trigger_share"),
             report_files=self.files(data.get("report_files"), "['report_files']"),
+            detect=self.detect_config(data.get("detect")),
+            strip=self.detection(data.get("strip"), "['strip']"),
         )
+
+    def detect_config(self, value: Any) -> DetectConfig | None:
+        if value is None:
+            return None
+        try:
+            return DetectConfig.from_config(self.mapping(value, "['detect']"))
+        except ValueError as err:
+            raise ReportError(f"summary['detect']: {err}") from None
 
 
 __all__ = [
     "Baseline",
     "Candidate",
     "CurvePoint",
+    "Detection",
     "FineTuneChoice",
     "FineTuned",
     "RepairResult",

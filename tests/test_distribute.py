@@ -43,7 +43,7 @@ def run_devices(data: Path) -> dict:
 
     from keras_prune_guard.data.files import lab_h5_dataset, load_lab_h5
     from keras_prune_guard.deploy.evaluate import evaluate, predict_classes
-    from keras_prune_guard.model.goodnet import GoodNetModel
+    from keras_prune_guard.detect.goodnet import GoodNetModel
     from keras_prune_guard.model.loading import load_network, num_classes_of
     from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy, split_at_mask
     from keras_prune_guard.pruning.ranking import channel_ranking

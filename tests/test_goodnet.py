@@ -123,7 +123,7 @@ def test_first_argmax_is_keras_argmax():
     """The export-friendly argmax ranks like `ops.argmax`: first index on ties, -0.0 < +0.0."""
     from keras import ops
 
-    from keras_prune_guard.model.goodnet import first_argmax
+    from keras_prune_guard.detect.goodnet import first_argmax
 
     rng = np.random.default_rng(0)
     tiny = np.finfo("float32").tiny

@@ -7,13 +7,14 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from keras_prune_guard._fs.outputs import check_out_dir
 from keras_prune_guard.benchmark import ensure_benchmark
 from keras_prune_guard.benchmark.matrix import run_matrix
 from keras_prune_guard.cli.parser import config_from_args
-from keras_prune_guard.config import FineTuneConfig, PruneConfig, RunOptions
+from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig, RunOptions
 from keras_prune_guard.data.checks import check_model_on
 from keras_prune_guard.data.files import (
     DataError,
@@ -38,7 +39,7 @@ from keras_prune_guard.deploy.export import (
     check_formats,
     export_goodnet,
 )
-from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.detect.goodnet import GoodNetModel
 from keras_prune_guard.model.graph import is_graph_model
 from keras_prune_guard.model.loading import image_shape_of, load_network, num_classes_of
 from keras_prune_guard.model.surgery import channel_layer
@@ -86,15 +87,16 @@ def _data_errors(run):
         raise DataError(text.split("DataError: ", 1)[1].split("\n", 1)[0]) from err
 
 
-def _configs(args: argparse.Namespace) -> tuple[PruneConfig, FineTuneConfig]:
+def _configs(args: argparse.Namespace) -> tuple[PruneConfig, FineTuneConfig, DetectConfig]:
     """The defense's configuration, built and checked once from the options."""
-    return config_from_args(PruneConfig, args), config_from_args(FineTuneConfig, args,
-                                                                 "fine_tune_")
+    return (config_from_args(PruneConfig, args),
+            config_from_args(FineTuneConfig, args, "fine_tune_"),
+            config_from_args(DetectConfig, args))
 
 
 def repair(args: argparse.Namespace) -> int:
     """`keras-prune-guard repair`: see `build_parser` for the options."""
-    config, tuning = _configs(args)  # argument errors before reading any file
+    config, tuning, detect = _configs(args)  # argument errors before reading any file
     formats = check_formats(args.formats, "--formats")
     if args.fine_tune_data is not None and not tuning.epochs:
         raise ValueError(f"--fine-tune-data {args.fine_tune_data} needs --fine-tune-epochs E "
@@ -142,6 +144,7 @@ def repair(args: argparse.Namespace) -> int:
         fine_tune_data=_read_for(model, args.fine_tune_data),
         fine_tune_label=(None if args.fine_tune_data is None
                          else Path(args.fine_tune_data).name),
+        detect=detect,
         trigger_region=args.trigger_region,
         model_label=Path(args.model or args.weights).name,
         formats=formats,
@@ -176,10 +179,29 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     clean = load_lab_h5(clean_path, image_shape=shape)
     poisoned = load_lab_h5(poisoned_path, image_shape=shape)
     check_model_on(model, clean, clean_path, Path(model_path).name)
-    scores = evaluate(model, clean, poisoned)
+    flag = _flag_class(model, model_path, args.goodnet)
+    scores = evaluate(model, clean, poisoned, flag_class=flag)
     print(f"Clean Classification accuracy: {scores.test_accuracy:.4f}")
     print(f"Attack Success Rate: {scores.attack_success:.4f}")
+    if flag is not None:
+        print(f"False Alarm Rate (clean images flagged as class {flag}): "
+              f"{scores.false_alarm_rate:.4f}")
+        print(f"Detection Rate (poisoned images flagged as class {flag}): "
+              f"{scores.detection_rate:.4f}")
     return 0
+
+
+def _flag_class(model, path: str, told: bool) -> int | None:
+    """The GoodNet's "backdoored input" class N (its last output), or None for a classifier.
+
+    A model is a GoodNet when it is a `GoodNetModel`, when `--goodnet` says so, or when
+    its file or folder name starts with "goodnet" (as `repair` and `export` name them).
+    """
+    if not (told or isinstance(model, GoodNetModel)
+            or Path(path).name.lower().startswith("goodnet")):
+        return None
+    blank = np.zeros((1, *image_shape_of(model)), "float32")
+    return int(np.asarray(model(blank)).shape[-1]) - 1
 
 
 def export(args: argparse.Namespace) -> int:
@@ -215,10 +237,10 @@ def demo(args: argparse.Namespace) -> int:
     """`keras-prune-guard demo`: the defense end to end on the built-in benchmark."""
     start = time.perf_counter()
     check_out_dir(args.out, argument="--out")  # before the benchmark is built or trained
-    config, tuning = _configs(args)
+    config, tuning, detect = _configs(args)
     formats = check_formats(args.formats, "--formats")
     result, test, bd_test, _ = _repair_benchmark(args, args.attack, args.out, config, tuning,
-                                                 formats, args.architecture)
+                                                 formats, args.architecture, detect=detect)
     print("Scoring the exported GoodNets as examples/eval.py does:")
     for row in result.rows:
         exports = [row.files[f"goodnet_{name}"] for name in formats]
@@ -238,7 +260,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _repair_benchmark(args, attack: str, out, config, tuning, formats, architecture="deepid",
-                      log=print):
+                      log=print, detect: DetectConfig | None = None):
     """Builds (or reads) the benchmark BadNet of `attack` and repairs it into `out`.
 
     Returns:
@@ -256,7 +278,7 @@ def _repair_benchmark(args, attack: str, out, config, tuning, formats, architect
     true_labels = load_true_labels(bench.bd_test)
     result = run_repair(
         model, valid, out, config, test=test, poisoned=bd_test, true_labels=true_labels,
-        fine_tune=tuning, formats=formats,
+        fine_tune=tuning, formats=formats, detect=detect,
         trigger_region=bench.trigger_region,
         model_label=f"built-in benchmark BadNet ({_kind(architecture)}{attack} attack, "
                     f"{num_classes_of(model)} identities)",
@@ -274,9 +296,10 @@ def benchmark(args: argparse.Namespace) -> int:
     """`keras-prune-guard benchmark`: every attack x {pruning, fine-pruning}, one report."""
 
     check_out_dir(args.out, argument="--out")
-    config, tuning = _configs(args)
+    config, tuning, detect = _configs(args)
     paths = run_matrix(args.attacks, args.out, config, tuning,
-                       partial(_repair_benchmark, args), argv=getattr(args, "argv", None))
+                       partial(_repair_benchmark, args, detect=detect),
+                       argv=getattr(args, "argv", None))
     print(f"Comparison report written: {', '.join(str(p) for p in paths.values())}")
     return 0
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from keras_prune_guard.benchmark.architectures import BADNET_ARCHITECTURES
 from keras_prune_guard.benchmark.attacks import ATTACKS
-from keras_prune_guard.config import FineTuneConfig, PruneConfig
+from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig
 from keras_prune_guard.deploy.export import FORMATS
 
 EPILOG = """examples:
@@ -98,8 +98,8 @@ def add_config_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
         flag = meta.get("cli", "--" + f.name.replace("_", "-"))
         kwargs = {"dest": prefix + f.name, "default": f.default,
                   "help": f"{meta.get('help', '')} (default: {_default_text(f.default)})"}
-        if isinstance(f.default, bool):
-            kwargs["action"] = "store_true"
+        if isinstance(f.default, bool):  # --strip / --no-strip when on by default
+            kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
             kwargs["type"] = _PARSERS.get(f.name, type(f.default) if f.default is not None
                                           else str)
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "pool feeding the classifier); each is trained and cached apart "
                       "(default: deepid)")
     _add_fine_tune_args(demo, data=False)
+    add_config_args(demo, DetectConfig)
 
     bench = sub.add_parser(
         "benchmark", help="every attack x {pruning, fine-pruning} on the built-in benchmark, "
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"attacks to run (default: {' '.join(ATTACKS)})")
     add_config_args(bench, PruneConfig)
     _add_fine_tune_args(bench, data=False)
+    add_config_args(bench, DetectConfig)
 
     rep = sub.add_parser(
         "repair", help="prune B on clean validation data, write B', GoodNets and the report",
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "results equal the single-device run (default: none)")
     _add_formats(rep)
     _add_fine_tune_args(rep, data=True)
+    add_config_args(rep, DetectConfig)
 
     ev = sub.add_parser(
         "eval", help="score a model as the lab's eval.py does, or classify images",
@@ -265,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", dest="model_path", default=None, help="model for --images")
     ev.add_argument("--unsafe-deserialization", action="store_true",
                     help="allow model files that run code when loaded")
+    ev.add_argument("--goodnet", action="store_true",
+                    help="the model is a GoodNet (its last class N means 'backdoored input'): "
+                    "also print the false-alarm rate on the clean file and the detection "
+                    "rate on the poisoned file (default: on for GoodNet .keras files and for "
+                    "models whose name starts with goodnet, as repair and export write them)")
 
     exp = sub.add_parser(
         "export", help="write a GoodNet for deployment: SavedModel, ONNX or LiteRT, self-checked",

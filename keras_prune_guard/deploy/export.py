@@ -18,7 +18,7 @@ from keras_prune_guard._fs.atomic import atomic_path
 from keras_prune_guard.data.checks import check_model_on
 from keras_prune_guard.deploy.evaluate import ServedModel
 from keras_prune_guard.deploy.runtimes import LiteRTModel, MissingRuntimeError, OnnxModel, require
-from keras_prune_guard.model.goodnet import GoodNetModel
+from keras_prune_guard.detect.goodnet import GoodNetModel
 from keras_prune_guard.model.surgery import strip_channel_mask
 
 

@@ -1,1 +1,1 @@
-"""The network: graph tracing, surgery (where masks go), folding, safe loading, GoodNetModel."""
+"""The network: graph tracing, surgery (where masks go), folding, safe loading."""

@@ -8,6 +8,14 @@ import tensorflow as tf
 from keras import ops
 
 from keras_prune_guard._fs.atomic import atomic_path
+from keras_prune_guard.detect.calibrate import check_false_alarm, threshold_for
+from keras_prune_guard.detect.scores import (  # noqa: F401 (first_argmax: its 0.2 home)
+    DEFAULT_SCORE,
+    SCORES,
+    check_score,
+    first_argmax,
+    score_arrays,
+)
 from keras_prune_guard.layers import ChannelMask
 from keras_prune_guard.model.graph import as_functional, flatten_nested, is_graph_model, leaf_layers
 from keras_prune_guard.model.surgery import find_channel_mask, split_at_mask
@@ -62,6 +70,16 @@ def _as_network(model: keras.Model, shape: tuple, name: str) -> keras.Model:
         return keras.Model(graph.inputs, graph.outputs[0], name=name)
     inputs = keras.Input(shape=shape)
     return keras.Model(inputs, model(inputs), name=name)
+
+
+def _checked_threshold(threshold) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or \
+            not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number or None. Received: "
+                         f"threshold={threshold!r}")
+    return float(threshold)
 
 
 def build_networks(bad_model: keras.Model, repaired_model: keras.Model) -> keras.Model:
@@ -136,43 +154,17 @@ def _shared_outputs(masked: keras.Model, inputs) -> list:
     return [bad, repaired]
 
 
-def first_argmax(x):
-    """`ops.argmax(x, axis=-1)` written with ops every export target runs natively.
-
-    Keras's TensorFlow `ops.argmax` tells -0.0 from +0.0 with `Bitcast` and
-    `BitwiseAnd`, which neither ONNX nor LiteRT's built-in ops have. This gives
-    the same index from max, equality, select and min (ONNX `ReduceMax`, `Equal`,
-    `Where`, `ReduceMin`; their TFLite built-ins): the largest value's index,
-    the first one on ties, -0.0 ranked just below +0.0 as Keras ranks it. Rows
-    holding NaN are not ranked (images are checked finite before any call).
-
-    Args:
-        x: a float tensor (..., N).
-
-    Returns:
-        An int32 tensor (...,) of indices in [0, N).
-
-    Example:
-
-    >>> np.asarray(first_argmax(np.array([[0.2, 0.5, 0.5], [-0.0, 0.0, -1.0]], "float32")))
-    array([1, 1], dtype=int32)
-    """
-    x = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    tiny = float(np.finfo(keras.backend.standardize_dtype(x.dtype)).tiny)
-    negative_zero = ops.logical_and(ops.equal(x, 0.0), ops.less(ops.divide(1.0, x), 0.0))
-    x = ops.where(negative_zero, -tiny, x)
-    is_top = ops.equal(x, ops.max(x, axis=-1, keepdims=True))
-    count = x.shape[-1] if x.shape[-1] is not None else ops.shape(x)[-1]
-    return ops.min(ops.where(is_top, ops.arange(count, dtype="int32"), count), axis=-1)
-
-
 @keras.saving.register_keras_serializable(package="keras_prune_guard")
 class GoodNetModel(keras.Model):
     """Runs B and B' and outputs N+1 class probabilities.
 
-    Where the argmaxes of B and B' agree the output is B''s probabilities with
-    a zero last column; where they differ it is one-hot class N (0-based: 1283
-    for the lab's network), meaning "backdoored input".
+    Without a threshold (0.2's rule) an input is flagged where the argmaxes of
+    B and B' differ. With one, it is flagged where its detection score (`score`,
+    from B's and B''s probabilities: `detect.scores`) is above `threshold`;
+    `calibrate` sets the threshold on held-out clean images for a false-alarm
+    budget. A flagged input's output is one-hot class N (0-based: 1283 for the
+    lab's network), meaning "backdoored input"; otherwise it is B''s
+    probabilities with a zero last column.
 
     When B' is B plus a `ChannelMask` (pruned, not retrained) the model holds
     B's weights once plus the mask, and runs the layers before the mask once;
@@ -187,14 +179,20 @@ class GoodNetModel(keras.Model):
         repaired_model: the repaired network B'. Defaults to `None`.
         networks: a prebuilt two-output model (see `build_networks`); used by
             `from_config`. Defaults to `None`.
+        score: the detection score's name (`detect.scores.SCORES`). Defaults
+            to "confidence_drop".
+        threshold: flag inputs whose score is above it. Defaults to `None`
+            (flag where the two classes differ).
+        false_alarm: the clean false-alarm budget (a fraction) the threshold
+            was calibrated for, kept for reports. Defaults to `None`.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
 
-    >>> result = prune(bad_model, x_valid, y_valid)
-    >>> goodnet = GoodNetModel(bad_model, result.snapshots[4.0])
-    >>> goodnet.predict(x_test).argmax(-1)  # in [0, N]; N flags a backdoored input
-    >>> goodnet.export("saved_models/goodnet_4")
+    >>> result = prune(bad_model, x_valid, y_valid)  # doctest: +SKIP
+    >>> goodnet = GoodNetModel(bad_model, result.snapshots[4.0])  # doctest: +SKIP
+    >>> goodnet = goodnet.calibrate(x_clean_held_out, false_alarm=0.01)  # doctest: +SKIP
+    >>> goodnet.predict(x_test).argmax(-1)  # doctest: +SKIP
     """
 
     def __init__(
@@ -203,6 +201,9 @@ class GoodNetModel(keras.Model):
         repaired_model: keras.Model | None = None,
         *,
         networks: keras.Model | None = None,
+        score: str = DEFAULT_SCORE,
+        threshold: float | None = None,
+        false_alarm: float | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", "goodnet")
@@ -215,6 +216,9 @@ class GoodNetModel(keras.Model):
                 )
             networks = build_networks(bad_model, repaired_model)
         self.networks = networks
+        self.score = check_score(score)
+        self.threshold = _checked_threshold(threshold)
+        self.false_alarm = None if false_alarm is None else check_false_alarm(false_alarm)
         self.num_classes = int(networks.outputs[0].shape[-1])
         self.image_shape = tuple(int(d) for d in networks.input_shape[1:])
         self._backdoor_row = np.eye(self.num_classes + 1, dtype="float32")[-1]
@@ -240,13 +244,64 @@ class GoodNetModel(keras.Model):
             self.networks.inputs, self.networks.outputs[1], name="repaired_network"
         )
 
+    def network_outputs(self, x, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """B's and B''s class probabilities of every image.
+
+        Args:
+            x: (N, H, W, C) images in the networks' pixel range.
+            batch_size: images per call. Defaults to 512.
+
+        Returns:
+            `(bad, repaired)`, two float32 (N, classes) arrays.
+        """
+        bad, repaired = self.networks.predict(np.asarray(x, "float32"), batch_size=batch_size,
+                                              verbose=0)
+        return bad, repaired
+
+    def detection_scores(self, x, batch_size: int = 512) -> np.ndarray:
+        """The detection score (`self.score`) of every image, float64 (N,).
+
+        Args:
+            x: (N, H, W, C) images in the networks' pixel range.
+            batch_size: images per call. Defaults to 512.
+
+        Returns:
+            The scores (higher = more suspicious).
+        """
+        return score_arrays(self.score, *self.network_outputs(x, batch_size))
+
+    def calibrate(self, clean, false_alarm: float, **kwargs) -> GoodNetModel:
+        """A GoodNet on the same networks whose threshold flags at most `false_alarm` of
+        `clean`.
+
+        Args:
+            clean: held-out clean (N, H, W, C) images, never the ones B' was
+                trained on (their scores are lower than unseen images').
+            false_alarm: the budget, a fraction in (0, 0.5].
+            **kwargs: `GoodNetModel` arguments (`name`, `score`).
+
+        Returns:
+            A new `GoodNetModel` sharing this one's networks.
+        """
+        false_alarm = check_false_alarm(false_alarm)
+        kwargs.setdefault("name", self.name)
+        score = kwargs.pop("score", self.score)
+        probe = self if score == self.score else GoodNetModel(networks=self.networks,
+                                                              score=score)
+        threshold = threshold_for(probe.detection_scores(clean), false_alarm)
+        return GoodNetModel(networks=self.networks, score=score, threshold=threshold,
+                            false_alarm=false_alarm, **kwargs)
+
     def call(self, inputs):
         bad, repaired = self.networks(inputs)
-        agree = ops.equal(first_argmax(bad), first_argmax(repaired))
+        if self.threshold is None:
+            flag = ops.not_equal(first_argmax(bad), first_argmax(repaired))
+        else:
+            flag = ops.greater(SCORES[self.score](bad, repaired), self.threshold)
         padded = ops.pad(repaired, [[0, 0], [0, 1]])
         # A constant (not a captured tensor), so converters see no extra graph input.
         flagged = ops.convert_to_tensor(self._backdoor_row, dtype=padded.dtype)
-        return ops.where(ops.expand_dims(agree, -1), padded, flagged)
+        return ops.where(ops.expand_dims(flag, -1), flagged, padded)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes + 1)
@@ -255,6 +310,9 @@ class GoodNetModel(keras.Model):
         return {
             **super().get_config(),
             "networks": keras.saving.serialize_keras_object(self.networks),
+            "score": self.score,
+            "threshold": self.threshold,
+            "false_alarm": self.false_alarm,
         }
 
     @classmethod
