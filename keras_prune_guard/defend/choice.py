@@ -37,7 +37,10 @@ def split_holdout(data: Data, share: float, seed: int) -> tuple[Data, Data]:
 
     Example:
 
-    >>> train, held = split_holdout((x, y), 0.2, seed=0)
+    >>> import numpy as np
+    >>> train, held = split_holdout((np.arange(10), np.arange(10) % 2), 0.2, seed=0)
+    >>> len(train[0]), len(held[0])
+    (8, 2)
     """
     x, y = data
     rows = np.random.default_rng([int(seed), 7]).permutation(len(x))
@@ -118,8 +121,15 @@ def choose_fine_tune(
 
     Example:
 
-    >>> chosen = choose_fine_tune(b_prime, (x_valid, y_valid), original=bad_model)
-    >>> chosen.choice.schedule, chosen.choice.reason
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid, insert_channel_mask
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> b_prime = insert_channel_mask(deepid(num_classes=3), pruned_channels=[0, 5])
+    >>> chosen = choose_fine_tune(b_prime, (x, y))  # e.g. original=B; 8 images: no training
+    >>> chosen.model is b_prime, chosen.choice.schedule
+    (True, None)
+    >>> print(chosen.choice.reason)
+    8 clean images for 3 classes (2.67 per class, fewer than min_per_class=3): too few ...
     """
     config = config or FineTuneConfig()
     say = log or (lambda _m: None)

@@ -63,11 +63,13 @@ def fine_tune(
 
     Example:
 
-    >>> b_prime = prune(bad_model, (x_valid, y_valid)).snapshots[4.0]
-    >>> b_second = fine_tune(b_prime, (x_valid, y_valid), FineTuneConfig(epochs=5))
-    >>> pruned = find_channel_mask(b_prime).pruned_channels()
-    >>> find_channel_mask(b_second).pruned_channels() == pruned
-    True
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid, insert_channel_mask
+    >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
+    >>> b_prime = insert_channel_mask(deepid(num_classes=3), pruned_channels=[0, 5])  # prune()
+    >>> b_second = fine_tune(b_prime, (x, y), epochs=1, learning_rate=1e-3)  # doctest: +SKIP
+    >>> b_second.name, b_second.get_layer("pool_3_mask").pruned_channels()  # doctest: +SKIP
+    ('deepid_ft', [0, 5])
     """
     if config is not None and not isinstance(config, FineTuneConfig):
         deprecated("fine_tune(b_prime, x, y, ...)", "fine_tune(b_prime, (x, y), ...)")

@@ -29,8 +29,9 @@ class CyclicSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
 
-    >>> float(CyclicSchedule(1e-2, 100)(50))
-    0.01
+    >>> schedule = CyclicSchedule(1e-2, 100)
+    >>> [round(float(schedule(step)), 6) for step in (0, 50, 100, 150)]
+    [0.0004, 0.01, 0.0004, 0.01]
     """
 
     def __init__(self, peak: float, cycle_steps: int):
@@ -51,7 +52,11 @@ def build_schedule(spec: str, epochs: int, epoch_steps: int):
 
     Example:
 
-    >>> build_schedule("cosine:1e-3", 10, 45)(0)
+    >>> schedule = build_schedule("cosine:1e-3", 10, 45)  # 10 epochs of 45 steps
+    >>> [round(float(schedule(step)), 6) for step in (0, 225, 450)]
+    [0.001, 0.0005, 0.0]
+    >>> build_schedule("cyclic:1e-2", 10, 45).cycle_steps  # CYCLE_EPOCHS epochs per cycle
+    90
     """
     shape, peak = parse_schedule(spec)
     if shape == "cosine":

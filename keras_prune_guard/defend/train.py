@@ -34,7 +34,11 @@ def check_data(model: keras.Model, data, what: str) -> Data:
 
     Example:
 
-    >>> x, y = check_data(b_prime, (x_valid, y_valid), "valid.h5")
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid
+    >>> x, y = check_data(deepid(num_classes=3), (np.zeros((2, 55, 47, 3)), [2.0, 0.0]), "valid")
+    >>> x.dtype, y
+    (dtype('float32'), array([2, 0]))
     """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"{what} must be a pair (x, y) of arrays. Received: {type(data)}")
@@ -82,7 +86,11 @@ def augmentation(kind: str, seed: int) -> keras.Sequential | None:
 
     Example:
 
+    >>> import numpy as np
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 55, 47, 3)).astype("float32")
     >>> augmentation("shift-flip", seed=0)(images, training=True).shape == images.shape
+    True
+    >>> augmentation("none", seed=0) is None
     True
     """
     steps = []
