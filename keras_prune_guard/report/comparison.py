@@ -1,8 +1,10 @@
 """The benchmark matrix compared: one `RepairResult` per attack, side by side.
 
 For each attack the original BadNet B, then per threshold X the pruned B'_X and its
-GoodNet G_X, and (when fine-pruned) B''_X and G''_X, in one table; a "Goal" section
-that checks fine-pruning against `GOAL`; one figure with a panel per attack. Written
+GoodNet G_X, and (when fine-pruned) B''_X and G''_X, in one table; a "Detection" table
+of each attack's detectors (G''_X, or G_X where nothing was fine-pruned, and STRIP) when
+they were measured; a "Goal" section that checks fine-pruning against `GOAL`; one figure
+with a panel per attack, and in the HTML page one with each attack's ROC curves. Written
 as comparison.md, comparison.html, comparison.png and comparison.json (`write_comparison`).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -21,8 +24,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from keras_prune_guard._fs.atomic import atomic_path
-from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR
-from keras_prune_guard.report.tables import as_result, fine_pruned_scores, threshold_name
+from keras_prune_guard.report.plot import ATTACK_COLOR, VALID_COLOR, draw_roc, drawable
+from keras_prune_guard.report.tables import (
+    DETECTION_NOTE,
+    Detector,
+    as_result,
+    detection_cells,
+    detection_headers,
+    detection_values,
+    detectors,
+    fine_pruned_scores,
+    threshold_name,
+)
 from keras_prune_guard.results import RepairResult, ReportError, Scores, ThresholdResult
 
 DEFAULT_TITLE = "keras-prune-guard benchmark: pruning defenses compared"
@@ -193,6 +206,75 @@ def _goals(results: dict[str, RepairResult]) -> dict[str, list[_Verdict]]:
             for attack, result in results.items()}
 
 
+# ----- detection ----------------------------------------------------------------------------
+
+DETECTION_HEADERS = ("Attack", *detection_headers())
+"""The columns of the comparison's detection table."""
+
+
+def _label(detector: Detector, result: RepairResult) -> str:
+    """The comparison's name of a detector: "G'' X=2", "G X=4 (not reached)", "STRIP (on B)"."""
+    if detector.index is None:
+        return detector.label
+    row = result.rows[detector.index]
+    model = "G''" if "fine_tuned" in detector.kind else "G"
+    kept = " (kept B')" if detector.label.endswith("(kept B')") else ""
+    return f"{model} X={threshold_name(row.threshold)}" + (
+        "" if row.reached else " (not reached)") + kept
+
+
+def default_detectors(result: RepairResult) -> list[Detector]:
+    """The detectors an attack is judged by: per X, G''_X (G_X where it has no G''), then
+    STRIP; each labelled as the comparison names its models."""
+    found = detectors(result)
+    tuned = {d.index for d in found if "fine_tuned" in d.kind}
+    chosen = [d for d in found if d.index is None or "fine_tuned" in d.kind
+              or d.index not in tuned]
+    return [Detector(d.name, _label(d, result), d.figures, d.kind, d.index) for d in chosen]
+
+
+def detection_comparison_rows(results: Mapping[str, RepairResult]) -> list[dict]:
+    """The detection figures per attack as flat rows (see `default_detectors`).
+
+    Args:
+        results: attack name -> its `RepairResult` (or its dict form), in display order.
+
+    Returns:
+        One dict per (attack, detector) with the key "attack", then the keys of
+        `tables.DETECTION_COLUMNS` ("detector": "G''_2", "G_4", "STRIP"); none when no
+        attack has detection figures.
+
+    Example:
+
+    >>> [r["detector"] for r in detection_comparison_rows({"patch": result})]
+    ["G''_2", "G''_4", 'STRIP']
+    """
+    return [{"attack": attack, **detection_values(d)}
+            for attack, result in _checked(results).items()
+            for d in default_detectors(result)]
+
+
+def _detection_table(results: dict[str, RepairResult]) -> list[tuple[str, list[str]]]:
+    """(row kind, cells) per line of the detection table."""
+    return [(d.kind, [attack, *detection_cells(d)]) for attack, result in results.items()
+            for d in default_detectors(result)]
+
+
+DETECTION_NOTE_COMPARISON = (
+    "Per threshold X the GoodNet of the fine-pruned network (G'') where one was built, "
+    "else G, and STRIP on B. " + DETECTION_NOTE)
+"""The sentence under the comparison's detection table."""
+
+
+def _md_detection(results: dict[str, RepairResult]) -> list[str]:
+    lines = _detection_table(results)
+    if not lines:
+        return []
+    return ["## Detection", "", _md_row(list(DETECTION_HEADERS)),
+            _md_row(["---"] * 3 + ["---:"] * (len(DETECTION_HEADERS) - 3)),
+            *(_md_row(cells) for _, cells in lines), "", DETECTION_NOTE_COMPARISON, ""]
+
+
 # ----- Markdown -----------------------------------------------------------------------------
 
 
@@ -243,7 +325,8 @@ def _networks(results: dict[str, RepairResult]) -> list[tuple[str, str]]:
 
 def comparison_markdown(results: Mapping[str, RepairResult], title: str = DEFAULT_TITLE,
                         meta: Mapping[str, str] | None = None) -> str:
-    """The comparison as a Markdown document: title, meta lines, the table and the goal.
+    """The comparison as a Markdown document: title, meta lines, the table, the detection
+    table (when some attack has detection figures) and the goal.
 
     Args:
         results: attack name -> its `RepairResult` (or its dict form), in display order.
@@ -271,6 +354,7 @@ def comparison_markdown(results: Mapping[str, RepairResult], title: str = DEFAUL
     out += [_md_row(list(COLUMNS)), _md_row(["---"] * 2 + ["---:"] * 6 + ["---"])]
     out += [_md_row(cells) for _, cells in _table(checked)]
     out += ["", "Networks: " + "; ".join(f"{a}: {t}" for a, t in _networks(checked)) + ".", ""]
+    out += _md_detection(checked)
     return "\n".join(out + _md_goal(_goals(checked))) + "\n"
 
 
@@ -287,6 +371,8 @@ th { background: #f0f0f0; }
 td:nth-child(-n+2), th:nth-child(-n+2), td:last-child { text-align: left; }
 tr.none td { background: #f7f7ff; }
 tr.fine-pruning td { background: #fdf6ec; }
+tr.goodnet.fine_tuned td { background: #f3efe0; }
+tr.strip td { background: #f4f4f4; }
 li.met { color: #1b5e20; } li.not-met { color: #b71c1c; }
 figure img { max-width: 100%; height: auto; }
 """
@@ -302,6 +388,28 @@ def _html_table(results: dict[str, RepairResult]) -> list[str]:
         tds = "".join(f"<td>{_esc(c)}</td>" for c in cells)
         out.append(f'<tr class="{_esc(defense)}">{tds}</tr>')
     return out + ["</table>"]
+
+
+def _html_detection(results: dict[str, RepairResult]) -> list[str]:
+    lines = _detection_table(results)
+    if not lines:
+        return []
+    out = ["<h2>Detection</h2>", '<table class="detection">',
+           "<tr>" + "".join(f"<th>{_esc(c)}</th>" for c in DETECTION_HEADERS) + "</tr>"]
+    out += [f'<tr class="{_esc(kind)}">' + "".join(f"<td>{_esc(c)}</td>" for c in cells)
+            + "</tr>" for kind, cells in lines]
+    return out + ["</table>", f"<p>{_esc(DETECTION_NOTE_COMPARISON)}</p>"]
+
+
+def _html_roc(results: dict[str, RepairResult]) -> list[str]:
+    """Each attack's ROC curves as one figure drawn in memory (none without a curve)."""
+    if not _roc_panels(results):
+        return []
+    buffer = io.BytesIO()
+    plot_comparison_roc(results, buffer)
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return ["<h2>ROC curves</h2>",
+            f'<figure><img alt="ROC curves per attack" src="{uri}"></figure>']
 
 
 def _html_goal(goals: dict[str, list[_Verdict]]) -> list[str]:
@@ -341,7 +449,9 @@ def comparison_html(results: Mapping[str, RepairResult], title: str = DEFAULT_TI
             Defaults to `None` (no figure).
 
     Returns:
-        The HTML text, with the table of `comparison_markdown` and its goal lines.
+        The HTML text, with the tables of `comparison_markdown` and its goal lines, and
+        (when some attack has one) each attack's ROC curves drawn in memory
+        (`plot_comparison_roc`).
 
     Raises:
         ReportError: (a ValueError) when `results` is empty, a result is malformed or
@@ -361,6 +471,7 @@ def comparison_html(results: Mapping[str, RepairResult], title: str = DEFAULT_TI
     body += _html_table(checked)
     body.append("<p>Networks: " + "; ".join(f"{_esc(a)}: {_esc(t)}"
                                             for a, t in _networks(checked)) + ".</p>")
+    body += _html_detection(checked) + _html_roc(checked)
     body += _html_goal(_goals(checked)) + _html_figure(plot_path)
     return "\n".join(head + body + ["</main>", "</body>", "</html>"]) + "\n"
 
@@ -445,6 +556,57 @@ def plot_comparison(results: Mapping[str, RepairResult], path: str | os.PathLike
     for ax in axes[len(checked):]:
         fig.delaxes(ax)
     fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    return Path(path)
+
+
+def _roc_panels(results: dict[str, RepairResult]) -> list[tuple[str, list]]:
+    """(attack, drawable curves) of each attack with a ROC curve among its detectors."""
+    panels = [(attack, drawable(default_detectors(result))) for attack, result in
+              results.items()]
+    return [(attack, curves) for attack, curves in panels if curves]
+
+
+def plot_comparison_roc(results: Mapping[str, RepairResult],
+                        path: str | os.PathLike | io.IOBase) -> Path | None:
+    """Draws each attack's ROC curves (its `default_detectors`) as a panel, two per row.
+
+    Log false-alarm axis, AUROC in the legend and the calibrated operating points marked,
+    as `plot.plot_roc`; `PANEL_SIZE` per panel at `PLOT_DPI`, Agg canvas, never `pyplot`.
+
+    Args:
+        results: attack name -> its `RepairResult` (or its dict form).
+        path: the `.png` file to write (atomically), or a binary file object.
+
+    Returns:
+        `Path(path)`, or None when `path` is a file object.
+
+    Raises:
+        ReportError: (a ValueError) when `results` is empty or no attack has a ROC curve.
+
+    Example:
+
+    >>> plot_comparison_roc({"patch": result, "blend": other}, "comparison_roc.png")
+    PosixPath('comparison_roc.png')
+    """
+    panels = _roc_panels(_checked(results))
+    if not panels:
+        raise ReportError("results: expected an attack with a detector's ROC curve, found none")
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows), dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (attack, curves) in zip(axes, panels):
+        draw_roc(ax, curves, legend="x-small")
+        ax.set_title(attack)
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
+    fig.tight_layout()
+    if isinstance(path, io.IOBase):
+        fig.savefig(path, format="png", metadata={"Software": None})
+        return None
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     return Path(path)

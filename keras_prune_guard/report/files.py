@@ -8,9 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from keras_prune_guard._fs.atomic import atomic_path
-from keras_prune_guard.report.html import CURVE_FIGURE, check_images, render_html
-from keras_prune_guard.report.plot import plot_curve
-from keras_prune_guard.report.tables import as_result, csv_text, markdown_report
+from keras_prune_guard.report.html import CURVE_FIGURE, ROC_FIGURE, check_images, render_html
+from keras_prune_guard.report.plot import has_roc, plot_curve, plot_roc
+from keras_prune_guard.report.tables import (
+    as_result,
+    csv_text,
+    detection_csv_text,
+    markdown_report,
+)
 from keras_prune_guard.results import RepairResult, ReportError
 
 REPORT_FILES = {
@@ -20,7 +25,30 @@ REPORT_FILES = {
     "png": "pruning_curve.png",
     "html": "report.html",
 }
-"""The files `write_report` writes, by kind."""
+"""The files `write_report` always writes, by kind."""
+DETECTION_FILES = {
+    "detection_csv": "detection.csv",
+    "roc_png": "roc.png",
+}
+"""The files `write_report` writes only when there is something in them, by kind: the
+detection table (some detector has figures) and the ROC curves (some detector has one)."""
+
+
+def report_names(result: RepairResult) -> dict[str, str]:
+    """The file names `write_report` writes for `result`, by kind.
+
+    Args:
+        result: the `RepairResult`.
+
+    Returns:
+        `REPORT_FILES`, plus the `DETECTION_FILES` that `result` has something for.
+    """
+    names = dict(REPORT_FILES)
+    if detection_csv_text(result):
+        names["detection_csv"] = DETECTION_FILES["detection_csv"]
+    if has_roc(result):
+        names["roc_png"] = DETECTION_FILES["roc_png"]
+    return names
 
 
 def result_json(result: RepairResult | Mapping) -> str:
@@ -54,11 +82,13 @@ def write_report(
     figures: Mapping[str, str | os.PathLike] | None = None,
     listed_as: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """Writes report.md, report.csv, report.json, pruning_curve.png and report.html.
+    """Writes report.md, report.csv, report.json, pruning_curve.png and report.html, and
+    detection.csv and roc.png when a detector was measured (`DETECTION_FILES`).
 
     `result.report_files` is filled in first, so report.json lists the files beside it
     and equals the returned result. Each file goes through `atomic_path`; the texts and
-    figure files are checked before anything is written.
+    figure files are checked before anything is written. A detection.csv or roc.png left
+    in `out_dir` by an earlier report is removed when this result has none.
 
     Args:
         result: the `RepairResult` (a dict is read with `RepairResult.from_dict`).
@@ -70,7 +100,8 @@ def write_report(
             Defaults to `None` (`out_dir` itself).
 
     Returns:
-        The written paths by kind: keys "md", "csv", "json", "png", "html".
+        The written paths by kind: keys "md", "csv", "json", "png", "html", and
+        "detection_csv" and "roc_png" when written.
 
     Raises:
         ReportError: (a ValueError) when the result is malformed or a figure is missing.
@@ -82,23 +113,45 @@ def write_report(
     """
     result = as_result(result)
     figures = check_images(figures, "figures")
-    if CURVE_FIGURE in figures:
+    reserved = sorted({CURVE_FIGURE, ROC_FIGURE} & set(figures))
+    if reserved:
         raise ReportError(
-            f"figures: the caption {CURVE_FIGURE!r} is reserved for the pruning curve, "
+            f"figures: the caption {reserved[0]!r} is reserved for the report's own figure, "
             f"found it among {sorted(figures)}"
         )
     out_dir = Path(out_dir)
-    paths = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
+    names = report_names(result)
+    paths = {kind: out_dir / name for kind, name in names.items()}
     listed = Path(listed_as) if listed_as is not None else out_dir
-    result.report_files = {kind: str(listed / name) for kind, name in REPORT_FILES.items()}
+    result.report_files = {kind: str(listed / name) for kind, name in names.items()}
     # Build every text first so that a bad result fails before any file is replaced.
     texts = {"md": markdown_report(result), "csv": csv_text(result), "json": result_json(result)}
-    with atomic_path(paths["png"]) as tmp:
-        plot_curve(result, tmp)
+    if "detection_csv" in paths:
+        texts["detection_csv"] = detection_csv_text(result)
+    _plot(plot_curve, result, paths["png"])
+    if "roc_png" in paths:
+        _plot(plot_roc, result, paths["roc_png"])
     for kind, text in texts.items():
         with atomic_path(paths[kind]) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    page = render_html(result, {CURVE_FIGURE: paths["png"], **figures})
+    own = {CURVE_FIGURE: paths["png"]}
+    if "roc_png" in paths:
+        own[ROC_FIGURE] = paths["roc_png"]
+    page = render_html(result, {**own, **figures})
     with atomic_path(paths["html"]) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    _remove_stale(out_dir, names)
     return paths
+
+
+def _plot(draw, result: RepairResult, path: Path) -> None:
+    """`draw(result, file)` into `path`, atomically."""
+    with atomic_path(path) as tmp:
+        draw(result, tmp)
+
+
+def _remove_stale(out_dir: Path, names: dict[str, str]) -> None:
+    """Removes the `DETECTION_FILES` of an earlier report that this one did not write."""
+    for kind, name in DETECTION_FILES.items():
+        if kind not in names:
+            (out_dir / name).unlink(missing_ok=True)

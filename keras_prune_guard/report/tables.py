@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from keras_prune_guard.results import RepairResult, Scores, ThresholdResult
+from keras_prune_guard.results import Detection, RepairResult, Scores, ThresholdResult
 
 CSV_COLUMNS = (
     "model",
@@ -348,6 +348,208 @@ def fine_pruning_table(result: RepairResult | Mapping) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in [headers, align, *cells]) + "\n"
 
 
+# ----- detection ----------------------------------------------------------------------------
+
+DETECTION_COLUMNS = (
+    "detector",
+    "method",
+    "score",
+    "false_alarm",
+    "threshold",
+    "calibration_images",
+    "false_alarm_rate",
+    "detection_rate",
+    "detection_rate_fooled",
+    "auroc",
+    "detection_at_1",
+    "detection_at_5",
+)
+"""The columns of `detection_rows` and `detection.csv`: "detector" (G_2, G''_2, STRIP),
+then the `results.Detection` field names (its ROC points are in report.json only)."""
+
+_DETECTION_HEADERS = {
+    "detector": "Detector",
+    "score": "Score",
+    "false_alarm": "Budget (%)",
+    "threshold": "Threshold",
+    "calibration_images": "Calibration images",
+    "false_alarm_rate": "False alarm on clean test (%)",
+    "detection_rate": "Detection, all triggered (%)",
+    "detection_rate_fooled": "Detection, those fooling B (%)",
+    "auroc": "AUROC",
+    "detection_at_1": "Detection at 1% FA (%)",
+    "detection_at_5": "Detection at 5% FA (%)",
+}
+STRIP_NAME = "STRIP"
+"""How the detection table and the ROC figure name STRIP (on B)."""
+DETECTION_NOTE = (
+    "Each threshold was set on held-out clean images only, for the budget shown, so the "
+    "false alarm on clean test and the detection columns at that threshold are the "
+    "deployable figures; AUROC and the detection at 1% and 5% false alarm are read off the "
+    "test ROC, each at its own threshold chosen on the test images, which a defender could "
+    "not set.")
+"""The sentence under the detection table (Markdown and HTML)."""
+
+
+@dataclass
+class Detector:
+    """One detector of a result: its name, label, figures, row kind and threshold index.
+
+    `name` is the CSV name (G_2, G''_2, STRIP); `label` adds "(not reached)" or
+    "(kept B')" as the results table does; `index` is the position of its threshold X in
+    `result.rows` (None for STRIP), which picks its colour in the ROC figure.
+    """
+
+    name: str
+    label: str
+    figures: Detection
+    kind: str
+    index: int | None = None
+
+
+def _row_detectors(row: ThresholdResult, index: int) -> list[Detector]:
+    """G_X and G''_X (G_X's figures where fine-pruning kept B'), when measured."""
+    name = threshold_name(row.threshold)
+    suffix = "" if row.reached else " (not reached)"
+    out = []
+    if row.detection is not None:
+        out.append(Detector(f"G_{name}", f"G_{name}{suffix}", row.detection, "goodnet", index))
+    tuned = row.fine_tuned
+    if tuned is not None:
+        kept = kept_b_prime(tuned)
+        figures = row.detection if kept else tuned.detection
+        if figures is not None:
+            out.append(Detector(f"G''_{name}", f"G''_{name}{suffix}" + (
+                " (kept B')" if kept else ""), figures, "goodnet fine_tuned", index))
+    return out
+
+
+def detectors(result: RepairResult | Mapping) -> list[Detector]:
+    """Every detector with figures: G_X and G''_X per threshold X, then STRIP on B.
+
+    Args:
+        result: the `RepairResult` (or its dict form).
+
+    Returns:
+        A list of `Detector`s; empty for a result without detection figures (one
+        written before 0.3, streamed test data, or `DetectConfig(false_alarm=0)`).
+    """
+    result = as_result(result)
+    out = [d for i, row in enumerate(result.rows) for d in _row_detectors(row, i)]
+    if result.strip is not None:
+        out.append(Detector(STRIP_NAME, f"{STRIP_NAME} (on B)", result.strip, "strip"))
+    return out
+
+
+def detection_values(detector: Detector) -> dict:
+    """The `DETECTION_COLUMNS` values of one detector (`None` where not measured)."""
+    figures = detector.figures
+    return {"detector": detector.name,
+            **{c: getattr(figures, c) for c in DETECTION_COLUMNS[1:]}}
+
+
+def detection_rows(result: RepairResult | Mapping) -> list[dict]:
+    """The detection figures as flat rows, one per detector (see `detectors`).
+
+    Args:
+        result: the `RepairResult` (or its dict form).
+
+    Returns:
+        A list of dicts with the keys of `DETECTION_COLUMNS`: `false_alarm` and `auroc`
+        are fractions, the rates percentages, `None` where not measured.
+
+    Example:
+
+    >>> [r["detector"] for r in detection_rows(result)]
+    ['G_2', "G''_2", 'STRIP']
+    """
+    return [detection_values(d) for d in detectors(result)]
+
+
+def detection_csv_text(result: RepairResult | Mapping) -> str:
+    """`detection_rows` as CSV text with a header line (`None`: an empty field), or "".
+
+    Example:
+
+    >>> Path("detection.csv").write_text(detection_csv_text(result))
+    """
+    rows = detection_rows(result)
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=DETECTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in DETECTION_COLUMNS})
+    return buffer.getvalue()
+
+
+def detection_cell(column: str, value) -> str:
+    """One cell of the detection table: "—" where not measured.
+
+    Budget and rates are percentages with 2 decimals, AUROC a fraction with 3, the
+    threshold 4 significant digits.
+    """
+    if value is None:
+        return MISSING
+    if column in ("detector", "score", "calibration_images"):
+        return str(value)
+    if column == "false_alarm":
+        return f"{value * 100:.2f}"
+    if column == "threshold":
+        return f"{value:.4g}"
+    if column == "auroc":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def detection_headers() -> list[str]:
+    """The headers of the detection table, in `_DETECTION_HEADERS` order."""
+    return list(_DETECTION_HEADERS.values())
+
+
+def detection_cells(detector: Detector) -> list[str]:
+    """The text cells of one detector's line (its label first)."""
+    values = detection_values(detector)
+    return [detector.label] + [detection_cell(c, values[c]) for c in list(_DETECTION_HEADERS)[1:]]
+
+
+def detection_table(result: RepairResult) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, text cells and row kinds of the detection table (no cells: no figures)."""
+    found = detectors(result)
+    return detection_headers(), [detection_cells(d) for d in found], [d.kind for d in found]
+
+
+def strip_note(result: RepairResult) -> str:
+    """How STRIP was run ("" without STRIP figures or settings)."""
+    config = result.detect
+    if result.strip is None or config is None:
+        return ""
+    return (f" STRIP flags an input when B's mean entropy over {config.strip_blends} blends "
+            f"of it with clean images (its weight {config.strip_alpha:g}) is low.")
+
+
+def detection_markdown(result: RepairResult | Mapping) -> str:
+    """The "Detection" section of report.md: the table and the sentence under it.
+
+    Returns:
+        The Markdown text ending with a newline, or "" without detection figures.
+
+    Example:
+
+    >>> print(detection_markdown(result))
+    ## Detection
+    ...
+    """
+    result = as_result(result)
+    headers, cells, _ = detection_table(result)
+    if not cells:
+        return ""
+    parts = ["## Detection", "", *markdown_lines(headers, cells), "",
+             DETECTION_NOTE + strip_note(result)]
+    return "\n".join(parts) + "\n"
+
+
 def markdown_report(result: RepairResult | Mapping) -> str:
     """The whole `report.md`: title, settings, `markdown_table` and the saved files.
 
@@ -360,6 +562,9 @@ def markdown_report(result: RepairResult | Mapping) -> str:
     compared = fine_pruning_table(result)
     if compared:
         parts += ["", "## Pruning only vs fine-pruning", "", compared.rstrip("\n")]
+    detection = detection_markdown(result)
+    if detection:
+        parts += ["", detection.rstrip("\n")]
     chosen = choices(result)
     if chosen:
         parts += ["", "## What fine-pruning chose (on clean data only)", ""]
