@@ -82,8 +82,13 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
 
     Example:
 
-    >>> with atomic_path("saved_models/report.json") as tmp:
-    ...     tmp.write_text("{}")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> final = Path(tempfile.mkdtemp()) / "saved_models" / "report.json"
+    >>> with atomic_path(final) as tmp:  # a `.tmp-<pid>-...` path beside `final`
+    ...     size = tmp.write_text("{}")
+    >>> final.read_text(), tmp.exists()
+    ('{}', False)
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +195,12 @@ def clean_stale(folder: str | os.PathLike,
 
     Example:
 
-    >>> clean_stale("saved_models")
-    [PosixPath('saved_models/.tmp-4242-goodnet_X4-k2j1x0')]
+    >>> import os
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()  # an output folder where the dead pid 999999999 was writing
+    >>> os.makedirs(f"{out}/.tmp-999999999-goodnet_X4-k2j1x0/payload")
+    >>> [path.name for path in clean_stale(out)], os.listdir(out)
+    (['.tmp-999999999-goodnet_X4-k2j1x0'], [])
     """
     folder = Path(folder)
     if not _real_dir(folder):

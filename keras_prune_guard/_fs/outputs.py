@@ -169,8 +169,15 @@ def check_out_dir(out_dir: str | os.PathLike, *, argument: str = "out_dir") -> P
 
     Example:
 
-    >>> check_out_dir("report.md", argument="--out")
-    OutputFolderError: --out report.md: found an existing file (812 bytes); expected a folder ...
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> report = Path(tempfile.mkdtemp()) / "report.md"
+    >>> size = report.write_text("x" * 812)
+    >>> check_out_dir(report, argument="--out")
+    Traceback (most recent call last):
+        ...
+    keras_prune_guard._fs.outputs.OutputFolderError: --out .../report.md: found an existing file
+    (812 bytes); expected a folder ...
     """
     out = _check_path(Path(os.fspath(out_dir)), argument)
     if out.is_dir():
@@ -288,8 +295,11 @@ class RunFolder:
 
         Example:
 
-        >>> run.final(run.staging / "bprime_X2.keras")
-        PosixPath('saved_models/bprime_X2.keras')
+        >>> import tempfile
+        >>> with run_folder(f"{tempfile.mkdtemp()}/saved_models") as run:
+        ...     final = run.final(run.staging / "bprime_X2.keras")
+        >>> final.parts[-2:]
+        ('saved_models', 'bprime_X2.keras')
         """
         if isinstance(staged, Mapping):
             return {key: self.final(value) for key, value in staged.items()}
@@ -345,9 +355,15 @@ def run_folder(
 
     Example:
 
-    >>> with run_folder("saved_models") as run:
-    ...     save_model(b_prime, run.staging / "bprime_X2.keras")
-    ...     run.commit()
+    >>> import os
+    >>> import tempfile
+    >>> out = f"{tempfile.mkdtemp()}/saved_models"
+    >>> with run_folder(out) as run:  # e.g. save_model(b_prime, run.staging / "bprime_X2.keras")
+    ...     size = (run.staging / "report.json").write_text("{}")
+    ...     verified = run.commit()
+    Committed run ... to .../saved_models/: 1 entries, 1 files, listed in manifest.json
+    >>> sorted(os.listdir(out))
+    ['manifest.json', 'report.json']
     """
     out = _check_path(Path(os.fspath(out_dir)), argument)
     created = not out.exists()
@@ -391,8 +407,15 @@ def recover(out_dir: str | os.PathLike, *, log: Log = print) -> Verified | None:
 
     Example:
 
-    >>> recover("saved_models")
-    Verified(run_id='20250101T120000Z-4242-a1b2', files=27, folder=PosixPath('saved_models'))
+    >>> import os
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> with run_folder(out, log=lambda line: None) as run:
+    ...     verified = run.commit()
+    >>> os.makedirs(f"{out}/.tmp-999999999-goodnet_X4-k2j1x0/payload")  # a dead pid's debris
+    >>> recover(out) == verified
+    Removed .../.tmp-999999999-goodnet_X4-k2j1x0, left by an interrupted run
+    True
     """
     out = Path(os.fspath(out_dir))
     if not out.is_dir():
@@ -557,8 +580,19 @@ def check_manifest_paths(out_dir: str | os.PathLike) -> None:
 
     Example:
 
-    >>> check_manifest_paths("saved_models")  # a manifest naming ../x
-    UnsafePathError: saved_models/manifest.json: entry '../x' is absolute or holds '..' ...
+    >>> import json
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> out = Path(tempfile.mkdtemp())
+    >>> with run_folder(out, log=lambda line: None) as run:
+    ...     verified = run.commit()
+    >>> manifest = json.loads((out / "manifest.json").read_text())
+    >>> size = (out / "manifest.json").write_text(json.dumps({**manifest, "dirs": ["../x"]}))
+    >>> check_manifest_paths(out)
+    Traceback (most recent call last):
+        ...
+    keras_prune_guard._fs.outputs.UnsafePathError: .../manifest.json: entry '../x' is absolute
+    or holds '..', '.' or an empty part; ...
     """
     out = Path(os.fspath(out_dir))
     _check_commit_dir(out)
@@ -660,8 +694,13 @@ def verify_folder(out_dir: str | os.PathLike) -> Verified:
 
     Example:
 
-    >>> str(verify_folder("saved_models"))
-    'complete run 20250101T120000Z-4242-a1b2 (27 files)'
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> with run_folder(out, log=lambda line: None) as run:
+    ...     size = (run.staging / "report.json").write_text("{}")
+    ...     verified = run.commit()
+    >>> str(verify_folder(out))
+    'complete run ...-... (1 files)'
     """
     out = Path(os.fspath(out_dir))
     if not out.is_dir():
@@ -695,7 +734,15 @@ def check_entry(path: str | os.PathLike) -> Verified | None:
 
     Example:
 
-    >>> check_entry("saved_models/goodnet_X2")  # before eval loads it
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> out = Path(tempfile.mkdtemp())
+    >>> with run_folder(out, log=lambda line: None) as run:
+    ...     (run.staging / "goodnet_X2").mkdir()
+    ...     size = (run.staging / "goodnet_X2" / "saved_model.pb").write_bytes(b"graph")
+    ...     verified = run.commit()
+    >>> check_entry(out / "goodnet_X2").files  # before eval loads it
+    1
     """
     p = Path(os.fspath(path))
     folder = p.parent

@@ -24,9 +24,14 @@ def path_problem(path: str | os.PathLike) -> str | None:
 
     Example:
 
-    >>> os.symlink("loop.keras", "loop.keras")
-    >>> path_problem("loop.keras")
-    "a symlink loop (loop.keras -> 'loop.keras')"
+    >>> import os
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> os.symlink("loop.keras", f"{folder}/loop.keras")
+    >>> path_problem(f"{folder}/loop.keras")
+    "a symlink loop (.../loop.keras -> 'loop.keras')"
+    >>> path_problem(f"{folder}/missing.keras")
+    'no such file'
     """
     p = Path(os.fspath(path))
     try:
@@ -51,8 +56,12 @@ def file_above(path: str | os.PathLike) -> Path | None:
 
     Example:
 
-    >>> file_above("report.md/sub/dir")
-    PosixPath('report.md')
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> report = Path(tempfile.mkdtemp()) / "report.md"
+    >>> size = report.write_text("# Report")
+    >>> file_above(report / "sub" / "dir") == report
+    True
     """
     for parent in Path(os.fspath(path)).parents:
         try:
