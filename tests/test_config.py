@@ -160,7 +160,8 @@ def test_repair_result_is_what_report_json_holds(gen_model, gen_clean, gen_sungl
                     fine_tune=FineTuneConfig(epochs=0))
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved == result.to_dict()
-    assert set(saved["report_files"]) == {"md", "csv", "json", "png", "html"}
+    assert set(saved["report_files"]) == {"md", "csv", "json", "png", "html", "detection_csv",
+                                          "roc_png"}
     again = RepairResult.from_dict(saved)
     assert again.to_dict() == saved
     assert again.rows[0].goodnet == result.rows[0].goodnet
