@@ -99,8 +99,10 @@ def fold_plan(masked: keras.Model) -> list[Zeroing]:
 
     Example:
 
-    >>> [z.path for z in fold_plan(insert_channel_mask(deepid(), pruned_channels=[0]))]
-    ['conv_3']
+    >>> from keras_prune_guard import deepid, insert_channel_mask
+    >>> plan = fold_plan(insert_channel_mask(deepid(), pruned_channels=[0, 5]))
+    >>> [(z.path, z.kind, z.channels.tolist()) for z in plan]
+    [('conv_3', 'conv_output', [0, 5])]
     """
     graph = trace(masked)
     mask_call = next(c for c in graph.leaf_calls() if isinstance(c.layer, ChannelMask))

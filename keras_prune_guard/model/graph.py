@@ -188,7 +188,10 @@ def as_functional(model: keras.Model) -> keras.Model:
 
     Example:
 
-    >>> as_functional(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])).layers
+    >>> import keras
+    >>> model = as_functional(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    >>> type(model).__name__, [type(layer).__name__ for layer in model.layers]
+    ('Functional', ['InputLayer', 'Dense'])
     """
     if not isinstance(model, keras.Sequential):
         return model
@@ -222,11 +225,13 @@ def trace(model: keras.Model, inline: bool | None = None) -> Graph:
 
     Example:
 
-    >>> graph = trace(keras.Sequential([keras.Input((32, 32, 3)),
-    ...                                 keras.applications.ResNet50(include_top=False,
-    ...                                                             weights=None)]))
-    >>> graph.find("conv5_block3_out")[0].path
-    'resnet50/conv5_block3_out'
+    >>> import keras
+    >>> backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                             keras.layers.Conv2D(4, 3, name="out")], name="backbone")
+    >>> graph = trace(keras.Sequential([keras.Input((8, 8, 3)), backbone,  # e.g. a ResNet50
+    ...                                 keras.layers.GlobalAveragePooling2D()]))
+    >>> graph.find("out")[0].path
+    'backbone/out'
     """
     if not is_graph_model(model):
         raise TypeError(
@@ -269,8 +274,14 @@ def flatten_nested(model: keras.Model) -> keras.Model:
 
     Example:
 
-    >>> flat = flatten_nested(transfer_model)   # Sequential([Rescaling, ResNet50, GAP, Dense])
-    >>> flat.get_layer("conv5_block3_out")
+    >>> import keras
+    >>> backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                             keras.layers.Conv2D(4, 3, name="out")], name="backbone")
+    >>> transfer = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255),
+    ...                              backbone, keras.layers.GlobalAveragePooling2D()])
+    >>> flat = flatten_nested(transfer)  # e.g. Sequential([Rescaling, ResNet50, GAP, Dense])
+    >>> flat.get_layer("out") is backbone.get_layer("out")  # the same layers, inlined
+    True
     """
     model = as_functional(model)
     if not has_nested_models(model):
@@ -283,8 +294,13 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
     Example:
 
-    >>> [layer.name for layer in leaf_layers(transfer_model)][:2]
-    ['rescaling', 'conv1_pad']
+    >>> import keras
+    >>> backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                             keras.layers.Conv2D(4, 3, name="out")], name="backbone")
+    >>> transfer = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255),
+    ...                              backbone, keras.layers.GlobalAveragePooling2D()])
+    >>> [type(layer).__name__ for layer in leaf_layers(transfer)]
+    ['Rescaling', 'Conv2D', 'Conv2D', 'GlobalAveragePooling2D']
     """
     found = []
     for layer in model.layers:

@@ -121,11 +121,15 @@ def load_network(
 
     Example:
 
-    >>> model = load_network(weights_path="lab3_bd_weights.h5")
-    >>> model.get_layer("pool_3").output.shape
-    (None, 5, 4, 60)
-    >>> hack = load_network(weights_path="hackml2020_sunglasses_bd_weights.h5",
-    ...                     input_scale="unit")
+    >>> import tempfile
+    >>> path = f"{tempfile.mkdtemp()}/bd.weights.h5"  # e.g. the lab's "lab3_bd_weights.h5"
+    >>> deepid(num_classes=10).save_weights(path)
+    >>> model = load_network(weights_path=path)
+    >>> model.get_layer("pool_3").output.shape, model.output_shape
+    ((None, 5, 4, 60), (None, 10))
+    >>> hack = load_network(weights_path=path, input_scale="unit")  # trained on pixels / 255
+    >>> round(hack.get_layer("input_scale").scale * 255, 6)  # so `hack` takes raw pixels
+    1.0
     """
     if (model_path is None) == (weights_path is None):
         raise ValueError(
@@ -344,7 +348,9 @@ def lambda_layers(config) -> list[str]:
 
     Example:
 
-    >>> lambda_layers(json.loads(h5py.File("model.h5").attrs["model_config"]))
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x, name="evil")])
+    >>> lambda_layers(model.get_config())  # e.g. json.loads(h5_file.attrs["model_config"])
     ['evil']
     """
     found: list[str] = []
@@ -488,7 +494,9 @@ def unknown_classes(config) -> list[tuple[str, str | None, str | None]]:
 
     Example:
 
-    >>> unknown_classes(json.loads(zipfile.ZipFile("model.keras").read("config.json")))
+    >>> foo = {"module": None, "class_name": "Foo", "registered_name": "mylib>Foo", "config": {}}
+    >>> config = {"module": "keras", "class_name": "Sequential", "config": {"layers": [foo]}}
+    >>> unknown_classes(config)  # e.g. json.loads(zipfile.ZipFile(path).read("config.json"))
     [('Foo', None, 'mylib>Foo')]
     """
     found: list[tuple[str, str | None, str | None]] = []

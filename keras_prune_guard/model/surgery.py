@@ -62,9 +62,13 @@ def last_pooling_layer(model: keras.Model) -> str:
 
     Example:
 
+    >>> import keras
+    >>> from keras_prune_guard import deepid
     >>> last_pooling_layer(deepid())
     'pool_3'
-    >>> last_pooling_layer(keras.applications.ResNet50(weights=None))
+    >>> last_pooling_layer(keras.Sequential([  # e.g. keras.applications.ResNet50()
+    ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...     keras.layers.GlobalAveragePooling2D(name="avg_pool"), keras.layers.Dense(2)]))
     'avg_pool'
     """
     _check_graph_model(model, "last_pooling_layer")
@@ -214,6 +218,7 @@ def insert_channel_mask(
 
     Example:
 
+    >>> from keras_prune_guard import deepid
     >>> masked = insert_channel_mask(deepid(), after="pool_3")
     >>> find_channel_mask(masked).name
     'pool_3_mask'
@@ -299,9 +304,10 @@ def split_at_mask(model: keras.Model) -> tuple[keras.Model, keras.Model]:
 
     Example:
 
+    >>> from keras_prune_guard import deepid
     >>> head, tail = split_at_mask(insert_channel_mask(deepid()))
-    >>> head.output_shape
-    (None, 5, 4, 60)
+    >>> head.output_shape, tail.input_shape, tail.output_shape
+    ((None, 5, 4, 60), (None, 5, 4, 60), (None, 1283))
     """
     if not can_split_at_mask(model):
         raise TypeError(
@@ -352,8 +358,13 @@ def strip_channel_mask(model: keras.Model) -> keras.Model:
 
     Example:
 
+    >>> import numpy as np
+    >>> from keras_prune_guard import deepid
     >>> masked = insert_channel_mask(deepid(), pruned_channels=[0, 5])
-    >>> plain = strip_channel_mask(masked)
+    >>> plain = strip_channel_mask(masked)  # conv_3's channels 0 and 5 zeroed instead
+    >>> x = np.random.default_rng(0).uniform(0, 255, (2, 55, 47, 3)).astype("float32")
+    >>> len(plain.layers) < len(masked.layers), bool(np.allclose(plain(x), masked(x), atol=1e-6))
+    (True, True)
     """
     _check_graph_model(model, "strip_channel_mask")
     model = as_functional(model)
@@ -402,7 +413,11 @@ def pruned_copy(
 
     Example:
 
-    >>> b_prime = pruned_copy(insert_channel_mask(deepid()), [0, 1, 2])
+    >>> from keras_prune_guard import deepid
+    >>> masked = insert_channel_mask(deepid())
+    >>> b_prime = pruned_copy(masked, [0, 1, 2])
+    >>> find_channel_mask(b_prime).pruned_channels(), find_channel_mask(masked).pruned_channels()
+    ([0, 1, 2], [])
     """
     find_channel_mask(model)
     if not is_graph_model(model):
