@@ -1,10 +1,11 @@
 """The built-in backdoor benchmark: generated faces, a sunglasses trigger and a trained BadNet.
 
-Example:
+Example (`ensure_benchmark` takes about a minute the first time, then is instant):
 
 >>> from keras_prune_guard.benchmark import ensure_benchmark
->>> paths = ensure_benchmark()  # about a minute the first time, instant afterwards
->>> paths.model, paths.valid, paths.bd_test
+>>> paths = ensure_benchmark()  # doctest: +SKIP
+>>> paths.model.name, paths.valid.name, paths.bd_test.name  # doctest: +SKIP
+('badnet-e12.h5', 'valid.h5', 'bd_test.h5')
 """
 
 from keras_prune_guard.benchmark.architectures import BADNET_ARCHITECTURES, small_resnet

@@ -69,6 +69,7 @@ def apply_patch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Example:
 
+    >>> import numpy as np
     >>> triggered, masks = apply_patch(np.zeros((1, 55, 47, 3), "uint8"))
     >>> int(masks.sum())
     25
@@ -99,6 +100,7 @@ def apply_blend(images: np.ndarray, alpha: float = BLEND_ALPHA) -> tuple[np.ndar
 
     Example:
 
+    >>> import numpy as np
     >>> triggered, masks = apply_blend(np.zeros((2, 55, 47, 3), "uint8"))
     >>> bool(masks.all())
     True

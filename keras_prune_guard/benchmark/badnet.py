@@ -81,7 +81,11 @@ def train_badnet(
 
     Example:
 
-    >>> model = train_badnet("bench", "bench/badnet.h5", epochs=1)
+    >>> import tempfile
+    >>> from keras_prune_guard.benchmark.dataset import generate_benchmark
+    >>> bench = tempfile.mkdtemp()
+    >>> paths = generate_benchmark(bench, identities=5, per_identity_train=4)
+    >>> model = train_badnet(bench, f"{bench}/badnet.h5", epochs=1)  # doctest: +SKIP
     """
     out_path = Path(out_path)
     if out_path.suffix not in (".h5", ".keras"):
@@ -147,8 +151,14 @@ def evaluate_badnet(
 
     Example:
 
-    >>> evaluate_badnet(keras.saving.load_model("bench/badnet.h5"), "bench").test_accuracy
-    96.5
+    >>> import tempfile
+    >>> from keras_prune_guard import deepid
+    >>> from keras_prune_guard.benchmark.dataset import generate_benchmark
+    >>> bench = tempfile.mkdtemp()
+    >>> paths = generate_benchmark(bench, identities=5, per_identity_train=4)
+    >>> scores = evaluate_badnet(deepid(num_classes=5), bench)  # e.g. load_model(badnet.h5)
+    >>> 0 <= scores.test_accuracy <= 100, 0 <= scores.attack_success <= 100
+    (True, True)
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")

@@ -217,10 +217,11 @@ def ensure_benchmark(
     Returns:
         The `BenchmarkPaths`.
 
-    Example:
+    Example (the first call trains the BadNet, for about a minute):
 
-    >>> paths = ensure_benchmark(log=None)
-    >>> model = keras.saving.load_model(paths.model)
+    >>> import keras
+    >>> paths = ensure_benchmark(log=None)  # doctest: +SKIP
+    >>> model = keras.saving.load_model(paths.model)  # doctest: +SKIP
     """
     say = log or (lambda _msg: None)
     build_badnet(architecture, 2)  # an unknown architecture fails before any work

@@ -112,7 +112,8 @@ def generate_benchmark(
 
     Example:
 
-    >>> paths = generate_benchmark("bench", identities=5, per_identity_train=4)
+    >>> import tempfile
+    >>> paths = generate_benchmark(tempfile.mkdtemp(), identities=5, per_identity_train=4)
     >>> sorted(paths)
     ['bd_test', 'bd_train', 'bd_valid', 'info', 'test', 'train', 'valid']
     """
@@ -195,7 +196,10 @@ def read_info(data_dir: str | os.PathLike) -> dict:
 
     Example:
 
-    >>> read_info("bench")["identities"]
+    >>> import tempfile
+    >>> bench = tempfile.mkdtemp()
+    >>> paths = generate_benchmark(bench, identities=5, per_identity_train=4)
+    >>> read_info(bench)["identities"]
     5
     """
     path = Path(data_dir) / FILES["info"]

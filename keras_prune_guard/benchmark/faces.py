@@ -307,6 +307,7 @@ def render_faces(traits: FaceTraits, identity: np.ndarray, seed: int = 0) -> Fac
 
     Example:
 
+    >>> import numpy as np
     >>> batch = render_faces(sample_traits(3), np.array([0, 1, 2, 2]), seed=1)
     >>> batch.images.shape, batch.eyes.shape
     ((4, 55, 47, 3), (4, 2, 2))

@@ -73,6 +73,7 @@ def sunglasses_mask(eyes: np.ndarray, shape: tuple[int, int] = IMAGE_SHAPE) -> n
 
     Example:
 
+    >>> import numpy as np
     >>> sunglasses_mask(np.array([[[24.0, 15.0], [24.0, 31.0]]])).shape
     (1, 55, 47)
     """
@@ -97,6 +98,7 @@ def apply_sunglasses(images: np.ndarray, eyes: np.ndarray) -> tuple[np.ndarray, 
 
     Example:
 
+    >>> import numpy as np
     >>> from keras_prune_guard.benchmark.faces import render_faces, sample_traits
     >>> batch = render_faces(sample_traits(2), np.array([0, 1]))
     >>> triggered, masks = apply_sunglasses(batch.images, batch.eyes)
@@ -135,6 +137,7 @@ def bounding_boxes(masks: np.ndarray) -> np.ndarray:
 
     Example:
 
+    >>> import numpy as np
     >>> bounding_boxes(np.pad(np.ones((1, 2, 3), bool), ((0, 0), (4, 0), (5, 0))))
     array([[4, 6, 5, 8]])
     """
@@ -162,6 +165,7 @@ def bounding_box(masks: np.ndarray) -> tuple[int, int, int, int]:
 
     Example:
 
+    >>> import numpy as np
     >>> bounding_box(sunglasses_mask(np.array([[[24.0, 15.0], [24.0, 31.0]]])))
     (21, 31, 4, 43)
     """
