@@ -17,23 +17,23 @@ SHAPE = (55, 47, 3)
 
 
 @pytest.fixture()
-def masked(lab3_model):
-    return insert_channel_mask(lab3_model)
+def masked(gen_model):
+    return insert_channel_mask(gen_model)
 
 
 @pytest.fixture(scope="module")
-def in_memory(csaw_dir, real_clean, real_sunglasses):
+def in_memory(gen_dir, gen_clean, gen_sunglasses):
     """The reference: the whole sweep from arrays in memory, activations in RAM."""
     from keras_prune_guard.model.loading import deepid
 
-    model = deepid()
-    model.load_weights(str(csaw_dir / "lab3_bd_weights.h5"))
-    return sweep(insert_channel_mask(model), real_clean, poisoned=real_sunglasses,
+    model = deepid(num_classes=10)
+    model.load_weights(str(gen_dir / "bd_weights.weights.h5"))
+    return sweep(insert_channel_mask(model), gen_clean, poisoned=gen_sunglasses,
                  full_curve=True, record_predictions=True, batch_size=50)
 
 
 def test_streamed_file_with_a_file_cache_gives_the_in_memory_sweep(
-    masked, csaw_dir, real_sunglasses, in_memory, tmp_path
+    masked, gen_dir, gen_sunglasses, in_memory, tmp_path
 ):
     cache = tmp_path / "cache"
     seen = []
@@ -41,9 +41,8 @@ def test_streamed_file_with_a_file_cache_gives_the_in_memory_sweep(
     def progress(step, total, acc):  # the cache file exists while the sweep runs
         seen.append(sorted(p.name for p in cache.iterdir()))
 
-    valid = lab_h5_dataset(csaw_dir / "real_clean_faces.h5", 37, image_shape=SHAPE,
-                           num_classes=1283)
-    result = sweep(masked, valid, poisoned=real_sunglasses, full_curve=True,
+    valid = lab_h5_dataset(gen_dir / "clean_faces.h5", 37, image_shape=SHAPE, num_classes=10)
+    result = sweep(masked, valid, poisoned=gen_sunglasses, full_curve=True,
                    record_predictions=True, batch_size=50, cache_dir=cache, progress=progress)
     np.testing.assert_array_equal(result.predictions, in_memory.predictions)
     assert result.channel_order == in_memory.channel_order
@@ -55,32 +54,33 @@ def test_streamed_file_with_a_file_cache_gives_the_in_memory_sweep(
     assert result.stats["activation_cache"] == "file"
     assert in_memory.stats["activation_cache"] == "memory"
     assert result.stats["activation_bytes_per_image"] == 5 * 4 * 60 * 4 == 4800
-    assert result.stats["images"] == 120
-    # Two files (clean and poisoned activations) during the sweep, none after.
+    assert result.stats["images"] == 90
+    # Two files (clean and poisoned activations) during the sweep, none after; one step
+    # per pool_3 channel, dead ones included.
     assert len(seen) == 60 and all(len(names) == 2 for names in seen)
     assert all(name.startswith("kpg-activations-") for name in seen[0])
     assert list(cache.iterdir()) == []
 
 
-def test_the_cache_file_is_removed_when_the_sweep_fails(masked, real_clean, tmp_path):
+def test_the_cache_file_is_removed_when_the_sweep_fails(masked, gen_clean, tmp_path):
     def stop(step, total, acc):
         if step == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(masked, real_clean, cache_dir=tmp_path, progress=stop)
+        sweep(masked, gen_clean, cache_dir=tmp_path, progress=stop)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unlabelled_streamed_data_is_refused_and_leaves_no_file(masked, real_clean, tmp_path):
-    images_only = tf.data.Dataset.from_tensor_slices(real_clean[0]).batch(50)
+def test_unlabelled_streamed_data_is_refused_and_leaves_no_file(masked, gen_clean, tmp_path):
+    images_only = tf.data.Dataset.from_tensor_slices(gen_clean[0]).batch(50)
     with pytest.raises(ValueError, match="no labels"):
         sweep(masked, images_only, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_collect_streams_a_generator_into_a_file(masked, real_clean, tmp_path):
-    x, y = real_clean
+def test_collect_streams_a_generator_into_a_file(masked, gen_clean, tmp_path):
+    x, y = gen_clean
     head, _ = split_at_mask(masked)
 
     def generate():  # an iterable of batches: never all images at once
@@ -92,12 +92,12 @@ def test_collect_streams_a_generator_into_a_file(masked, real_clean, tmp_path):
         assert isinstance(streamed.values, MappedArray) and streamed.cache.path.exists()
         assert isinstance(reference.values, np.ndarray)
         np.testing.assert_array_equal(streamed.values[:], reference.values)
-        np.testing.assert_array_equal(streamed.values[np.array([5, 1, 119])],
-                                      reference.values[[5, 1, 119]])
+        np.testing.assert_array_equal(streamed.values[np.array([5, 1, 89])],
+                                      reference.values[[5, 1, 89]])
         np.testing.assert_array_equal(streamed.labels, y)
         np.testing.assert_array_equal(streamed.touched, reference.touched)
         np.testing.assert_array_equal(streamed.means, reference.means)
-        assert streamed.values.nbytes == 120 * 4800
+        assert streamed.values.nbytes == 90 * 4800
     assert list(tmp_path.iterdir()) == []
 
 
@@ -127,20 +127,20 @@ def test_activation_cache_in_ram_and_in_a_file(tmp_path):
         ActivationCache(tmp_path / "file")
 
 
-def test_prune_and_evaluate_take_streamed_files(lab3_model, csaw_dir, in_memory, tmp_path):
-    clean_file = csaw_dir / "real_clean_faces.h5"
-    result = prune(lab3_model, lab_h5_dataset(clean_file, 64), thresholds=[4],
+def test_prune_and_evaluate_take_streamed_files(gen_model, gen_dir, in_memory, tmp_path):
+    clean_file = gen_dir / "clean_faces.h5"
+    result = prune(gen_model, lab_h5_dataset(clean_file, 64), thresholds=[4],
                    cache_dir=tmp_path)
     assert result.sweep.snapshots[4.0].pruned_channels == \
         in_memory.snapshots[4.0].pruned_channels
     b_prime = result.snapshots[4.0]
     streamed = evaluate(b_prime, lab_h5_dataset(clean_file, 64),
-                        lab_h5_dataset(csaw_dir / "real_sunglasses_faces.h5", 64))
+                        lab_h5_dataset(gen_dir / "sunglasses_faces.h5", 64))
     assert streamed.test_accuracy == pytest.approx(in_memory.snapshots[4.0].valid_accuracy)
     assert streamed.attack_success == pytest.approx(in_memory.snapshots[4.0].attack_success)
 
 
-def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory, tmp_path):
+def test_cli_repair_streams_with_a_file_cache_and_a_strategy(gen_dir, in_memory, tmp_path):
     import json
     import subprocess
     import sys
@@ -149,10 +149,10 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
     out, cache = tmp_path / "out", tmp_path / "cache"
     done = subprocess.run(
         [sys.executable, "-m", "keras_prune_guard.cli", "repair",
-         "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
-         "--valid", str(csaw_dir / "real_clean_faces.h5"),
-         "--test", str(csaw_dir / "real_clean_faces.h5"),
-         "--poisoned", str(csaw_dir / "real_sunglasses_faces.h5"),
+         "--weights", str(gen_dir / "bd_weights.weights.h5"),
+         "--valid", str(gen_dir / "clean_faces.h5"),
+         "--test", str(gen_dir / "clean_faces.h5"),
+         "--poisoned", str(gen_dir / "sunglasses_faces.h5"),
          "--stream", "--activation-cache", str(cache), "--strategy", "mirrored",
          "--thresholds", "4", "--fine-tune-epochs", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
@@ -170,7 +170,7 @@ def test_cli_repair_streams_with_a_file_cache_and_a_strategy(csaw_dir, in_memory
     assert list(cache.iterdir()) == []
 
 
-def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys):
+def test_cli_names_a_bad_image_found_while_streaming(gen_dir, tmp_path, capsys):
     import h5py
 
     from keras_prune_guard.cli import main
@@ -180,7 +180,7 @@ def test_cli_names_a_bad_image_found_while_streaming(csaw_dir, tmp_path, capsys)
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
         f["data"], f["label"] = data, np.zeros(5, "int64")
-    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"), "--valid",
+    code = main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"), "--valid",
                  str(bad), "--stream", "--fine-tune-epochs", "0", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
