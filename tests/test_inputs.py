@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
@@ -24,19 +26,31 @@ def _unit_file(path, x, y):
     return path
 
 
-def test_unit_pixels_for_a_raw_pixel_model_are_refused(lab3_model, real_clean):
-    x, y = real_clean
+def _accuracy(model, x, y) -> float:
+    """The model's accuracy on `(x, y)` in percent."""
+    classes = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
+    return float(np.mean(classes == y) * 100)
+
+
+def test_unit_pixels_for_a_raw_pixel_model_are_refused(gen_model, gen_clean):
+    x, y = gen_clean
+    unit, raw = _accuracy(gen_model, x / 255.0, y), _accuracy(gen_model, x, y)
+    assert raw > 90 and unit < 50  # the figures the message must quote
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"valid: found pixel values within 0\.\.1 \(max 1\), "
-                       r"on which model 'deepid' scores 0\.00% against 99\.17% on the same "
-                       r"images x 255.*multiply them by 255"):
-        prune(lab3_model, (x / 255.0, y))
+    with pytest.raises(ValueError, match=rf"valid: found pixel values within 0\.\.1 \(max 1\), "
+                       rf"on which model 'deepid' scores {re.escape(f'{unit:.2f}%')} against "
+                       rf"{re.escape(f'{raw:.2f}%')} on the same images x 255.*"
+                       r"multiply them by 255"):
+        prune(gen_model, (x / 255.0, y))
     with pytest.raises(ValueError, match=r"clean images: found pixel values within 0\.\.1"):
-        evaluate(lab3_model, (x / 255.0, y))
+        evaluate(gen_model, (x / 255.0, y))
     assert time.perf_counter() - start < 60  # refused on the first batch, not after a sweep
 
 
 def test_raw_pixels_for_a_unit_model_are_refused(csaw_dir, real_clean):
+    # A real network trained on pixels / 255: it scores 59/120 on raw pixels. The generated
+    # BadNet's own DeepID (behind its Rescaling) still scores 78.89% of its 90 clean faces on
+    # raw pixels, above the 75% below which the check looks, so it cannot stand in here.
     unit = deepid()  # the hackml2020 networks were trained on pixels / 255
     unit.load_weights(str(csaw_dir / "hackml2020_sunglasses_bd_weights.h5"))
     x, y = real_clean
@@ -46,46 +60,55 @@ def test_raw_pixels_for_a_unit_model_are_refused(csaw_dir, real_clean):
     check_model_on(unit, (x / 255.0, y), "valid")  # the right range passes
 
 
-def test_nan_weights_are_refused_naming_the_file(csaw_dir, tmp_path, capsys):
-    weights = tmp_path / "nan_weights.h5"
-    shutil.copy(csaw_dir / "lab3_bd_weights.h5", weights)
-    with h5py.File(weights, "r+") as f:
-        kernels = []
+def _output_kernel(weights_file) -> str:
+    """The output layer's kernel in a Keras 3 `.weights.h5` file: the one (160, 10) dataset.
+
+    Keras 3 names the layers by class (`layers/dense_2/vars/0`), not `output`.
+    """
+    kernels = []
+    with h5py.File(weights_file, "r") as f:
         f.visititems(lambda name, obj: kernels.append(name)
-                     if isinstance(obj, h5py.Dataset) and "output" in name
-                     and "kernel" in name else None)
-        f[kernels[0]][0, 0] = np.nan
+                     if isinstance(obj, h5py.Dataset) and obj.shape == (160, 10) else None)
+    assert len(kernels) == 1, kernels
+    return kernels[0]
+
+
+def test_nan_weights_are_refused_naming_the_file(gen_dir, tmp_path, capsys):
+    weights = tmp_path / "nan.weights.h5"
+    shutil.copy(gen_dir / "bd_weights.weights.h5", weights)
+    kernel = _output_kernel(weights)
+    with h5py.File(weights, "r+") as f:
+        f[kernel][0, 0] = np.nan
     out = tmp_path / "out"
     code = main(["repair", "--weights", str(weights),
-                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--out", str(out)])
+                 "--valid", str(gen_dir / "clean_faces.h5"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines() == [
-        f"{PREFIX}nan_weights.h5: found NaN or infinite outputs on the first 120 images of "
-        f"--valid {csaw_dir / 'real_clean_faces.h5'}; expected finite class scores (are the "
+        f"{PREFIX}nan.weights.h5: found NaN or infinite outputs on the first 90 images of "
+        f"--valid {gen_dir / 'clean_faces.h5'}; expected finite class scores (are the "
         "weights corrupt?)"]
     assert not out.exists()
 
 
-def test_cli_refuses_unit_scaled_files_before_the_sweep(csaw_dir, real_clean, tmp_path,
-                                                        capsys):
-    unit = _unit_file(tmp_path / "unit.h5", *real_clean)
+def test_cli_refuses_unit_scaled_files_before_the_sweep(gen_dir, gen_clean, tmp_path, capsys):
+    unit = _unit_file(tmp_path / "unit.h5", *gen_clean)
     out = tmp_path / "out"
-    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"),
+    code = main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"),
                  "--valid", str(unit), "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 2 and "Ranking" not in captured.out
     assert captured.err.startswith(f"{PREFIX}--valid {unit}: found pixel values within 0..1")
     assert len(captured.err.strip().splitlines()) == 1 and not out.exists()
-    code = main(["eval", str(unit), str(unit), str(csaw_dir / "lab3_bd_weights.h5")])
+    code = main(["eval", str(unit), str(unit), str(gen_dir / "bd_weights.weights.h5")])
     err = capsys.readouterr().err
     assert code == 2 and "Clean Classification accuracy" not in err
 
 
-def test_bad_test_data_is_refused_before_the_sweep(lab3_model, real_clean, tmp_path):
-    x, y = real_clean
+def test_bad_test_data_is_refused_before_the_sweep(gen_model, gen_clean, tmp_path):
+    x, y = gen_clean
     with pytest.raises(ValueError, match=r"test: found pixel values within 0\.\.1"):
-        repair(lab3_model, (x, y), tmp_path / "out", test=(x / 255.0, y), verbose=0)
+        repair(gen_model, (x, y), tmp_path / "out", test=(x / 255.0, y), verbose=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -117,41 +140,39 @@ def test_arrays_and_streams_are_told_apart():
     assert is_streamed(iter([(x, y)])) and not is_streamed(None)
 
 
-def test_channels_first_images_are_named_before_the_sweep(lab3_model, real_clean):
-    x, y = real_clean
+def test_channels_first_images_are_named_before_the_sweep(gen_model, gen_clean):
+    x, y = gen_clean
     with pytest.raises(ValueError, match=r"valid: images of shape \(3, 55, 47\).*They look "
                        r"channels-first \(N, C, H, W\): transpose them to \(N, H, W, C\)"):
-        prune(lab3_model, (x.transpose(0, 3, 1, 2), y))
+        prune(gen_model, (x.transpose(0, 3, 1, 2), y))
 
 
-def test_a_bad_streamed_test_image_fails_in_one_line_before_the_sweep(csaw_dir, real_clean,
+def test_a_bad_streamed_test_image_fails_in_one_line_before_the_sweep(gen_dir, gen_clean,
                                                                      tmp_path, capsys):
-    x, y = real_clean
+    x, y = gen_clean
     bad = tmp_path / "bad_test.h5"
-    with h5py.File(bad, "w") as f:  # image 110, in the file's last batch, holds a NaN
+    with h5py.File(bad, "w") as f:  # image 85 of 90, near the file's end, holds a NaN
         data = x.transpose(0, 3, 1, 2).astype("float32")
-        data[110, 0, 5, 5] = np.nan
+        data[85, 0, 5, 5] = np.nan
         f["data"], f["label"] = data, y
     out = tmp_path / "out"
-    code = main(["repair", "--weights", str(csaw_dir / "lab3_bd_weights.h5"), "--stream",
-                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--test", str(bad),
+    code = main(["repair", "--weights", str(gen_dir / "bd_weights.weights.h5"), "--stream",
+                 "--valid", str(gen_dir / "clean_faces.h5"), "--test", str(bad),
                  "--fine-tune-epochs", "0", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 2 and "Ranking" not in captured.out and not out.exists()
     assert captured.err.strip().splitlines() == [
-        f"{PREFIX}{bad}: field `data`: found nan in image 110; expected finite pixel values "
+        f"{PREFIX}{bad}: field `data`: found nan in image 85; expected finite pixel values "
         "(no NaN/inf)."]
 
 
-def test_a_model_without_pooling_is_told_in_the_cli_words_with_its_file(csaw_dir, tmp_path,
+def test_a_model_without_pooling_is_told_in_the_cli_words_with_its_file(gen_dir, tmp_path,
                                                                        capsys):
-    import keras
-
     model = keras.Sequential([keras.Input((55, 47, 3)), keras.layers.Conv2D(4, 3),
-                              keras.layers.Flatten(), keras.layers.Dense(1283)], name="flat")
+                              keras.layers.Flatten(), keras.layers.Dense(10)], name="flat")
     model.save(tmp_path / "flat.keras")
     code = main(["repair", "--model", str(tmp_path / "flat.keras"),
-                 "--valid", str(csaw_dir / "real_clean_faces.h5"), "--out", str(tmp_path / "o")])
+                 "--valid", str(gen_dir / "clean_faces.h5"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"{PREFIX}flat.keras: Model 'flat' has no pooling layer feeding "
