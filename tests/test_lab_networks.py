@@ -6,9 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune_guard import GoodNetModel, PruneConfig, RunOptions, load_network, repair
+from keras_prune_guard import PruneConfig, RunOptions, load_network, repair
 from keras_prune_guard.data.files import load_lab_h5
-from keras_prune_guard.report.saliency import saliency_maps
 
 NETWORKS = [  # file stem, input scale, clean faces of 120 B classifies correctly
     ("lab3", "raw", 119),
@@ -36,13 +35,3 @@ def test_repair_runs_on_every_lab_network(csaw_dir, tmp_path, stem, scale, corre
     assert np.mean(pred == valid[1]) * 100 == pytest.approx(summary.rows[1].valid_accuracy)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["model"] == model.name
 
-
-def test_saliency_works_on_a_goodnets_parts(lab3_model, real_sunglasses, tmp_path):
-    x = real_sunglasses[0][:4]
-    valid = (real_sunglasses[0], real_sunglasses[1])
-    from keras_prune_guard import prune
-
-    b_prime = prune(lab3_model, valid, thresholds=[50], relative=True).snapshots[50.0]
-    goodnet = GoodNetModel(lab3_model, b_prime)
-    for part, whole in ((goodnet.bad_network(), lab3_model), (goodnet.repaired_network(), b_prime)):
-        np.testing.assert_allclose(saliency_maps(part, x), saliency_maps(whole, x), atol=1e-4)
