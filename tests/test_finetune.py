@@ -122,16 +122,19 @@ def test_default_fine_pruning_chooses_its_schedule_and_matches_the_cli():
     assert DEFAULT_LEARNING_RATE == 1e-4  # 0.1's fixed rate, still the --fine-tune-lr hint
 
 
-def test_default_repair_keeps_b_prime_when_clean_data_are_too_few(lab3_model, real_clean,
-                                                                  real_sunglasses, tmp_path):
-    result = repair(lab3_model, real_clean, tmp_path, PruneConfig(thresholds=[4]),
-                    test=real_clean, poisoned=real_sunglasses, run=RunOptions(verbose=0))
+def test_default_repair_keeps_b_prime_when_clean_data_are_too_few(gen_model, gen_clean,
+                                                                  gen_sunglasses, tmp_path):
+    # 25 clean faces for 10 classes: fewer than the 3 per class choosing needs, as the lab's
+    # 120 faces for 1283 identities are
+    few = gen_clean[0][:25], gen_clean[1][:25]
+    result = repair(gen_model, few, tmp_path, PruneConfig(thresholds=[4]),
+                    test=gen_clean, poisoned=gen_sunglasses, run=RunOptions(verbose=0))
     tuned = result.rows[0].fine_tuned
     assert tuned.choice.kept_b_prime and tuned.files == {} and tuned.repaired is None
-    assert "120 clean images for 1283 classes (0.09 per class" in tuned.choice.reason
+    assert "25 clean images for 10 classes (2.50 per class" in tuned.choice.reason
     assert not list(tmp_path.glob("*_ft_*"))
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "B''_4 (kept B')" in md and "X = 4: kept B': 120 clean images" in md
+    assert "B''_4 (kept B')" in md and "X = 4: kept B': 25 clean images" in md
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["rows"][0]["fine_tuned"]["choice"]["schedule"] is None
 
