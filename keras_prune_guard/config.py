@@ -419,7 +419,11 @@ class RunOptions:
 
     Example:
 
-    >>> run = RunOptions(strategy=tf.distribute.MirroredStrategy(), verbose=0)
+    >>> import tensorflow as tf
+    >>> strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # e.g. MirroredStrategy(): all GPUs
+    >>> run = RunOptions(strategy=strategy, verbose=0)
+    >>> run.strategy.num_replicas_in_sync, run.activation_cache
+    (1, None)
     """
 
     strategy: Any = None
