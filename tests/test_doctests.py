@@ -52,10 +52,16 @@ MODULES = [
     "keras_prune_guard.benchmark.faces",
     "keras_prune_guard.benchmark.trigger",
     "keras_prune_guard.detect.scores",
+    "keras_prune_guard.detect.calibrate",
+    "keras_prune_guard.detect.roc",
+    "keras_prune_guard.detect.figures",
+    "keras_prune_guard.detect.strip",
 ]
 #: Modules whose examples still lean on the module's own imports (`np`): run with the
 #: module's globals, as plain `doctest.testmod` does.
-MODULE_GLOBALS = {"keras_prune_guard.detect.scores"}
+MODULE_GLOBALS = {"keras_prune_guard.detect.scores", "keras_prune_guard.detect.calibrate",
+                  "keras_prune_guard.detect.roc", "keras_prune_guard.detect.figures",
+                  "keras_prune_guard.detect.strip"}
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
