@@ -97,7 +97,7 @@ def summary(name: str, figures: Detection) -> str:
     'G X=4: threshold 0.2 set on 360 held-out clean images for a 1% false-alarm budget: \
 test false alarm 0.80%, detection 97.00% (99.00% of those fooling B), AUROC 0.990'
     """
-    text = (f"{name}: threshold {figures.threshold:.4g} set on {figures.calibration_images} "
+    text = (f"{name}: threshold {figures.threshold:.6g} set on {figures.calibration_images} "
             f"held-out clean images for a {figures.false_alarm:.0%} false-alarm budget: test "
             f"false alarm {figures.false_alarm_rate:.2f}%")
     if figures.detection_rate is not None:
