@@ -272,6 +272,13 @@ def test_eval_prints_the_same_figures_for_every_format(net, gen_dir, capsys):
         scores.test_accuracy, abs=1e-4)
     assert float(printed["onnx"]["Attack Success Rate"]) == pytest.approx(
         scores.attack_success, abs=1e-4)
+    flagged = evaluate(net["goodnet"], load_lab_h5(clean), load_lab_h5(poisoned),
+                       flag_class=10)
+    lines = printed["litert"]
+    assert float(lines["False Alarm Rate (clean images flagged as class 10)"]) == \
+        pytest.approx(flagged.false_alarm_rate, abs=1e-4)
+    assert float(lines["Detection Rate (poisoned images flagged as class 10)"]) == \
+        pytest.approx(flagged.detection_rate, abs=1e-4)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
@@ -280,10 +287,15 @@ def test_examples_eval_py_scores_the_files(net, gen_dir, fmt):
     done = run_script("examples/eval.py", str(clean), str(poisoned), str(net["paths"][fmt]))
     assert done.returncode == 0, done.stderr[-3000:]
     served = ServedModel(net["paths"]["savedmodel"])
-    scores = evaluate(served, load_lab_h5(clean), load_lab_h5(poisoned))
+    flag = net["goodnet"].num_classes
+    scores = evaluate(served, load_lab_h5(clean), load_lab_h5(poisoned), flag_class=flag)
     assert done.stdout.strip().splitlines() == [
         f"Clean Classification accuracy: {scores.test_accuracy:.4f}",
         f"Attack Success Rate: {scores.attack_success:.4f}",
+        f"False Alarm Rate (clean images flagged as class {flag}): "
+        f"{scores.false_alarm_rate:.4f}",
+        f"Detection Rate (poisoned images flagged as class {flag}): "
+        f"{scores.detection_rate:.4f}",
     ]
 
 
