@@ -467,16 +467,17 @@ class DetectConfig(_Serialisable):
 
     The threshold of each GoodNet's `score` is set on held-out clean images alone
     (the part of the clean data fine-tuning held out, or the validation images when
-    nothing is trained) so that at most `false_alarm` of them are flagged. STRIP runs
-    beside it on B, on the same clean images and budget.
+    nothing is trained) so that at most `false_alarm` of them are flagged. With `strip`,
+    STRIP runs beside it on B, on the same clean images and budget.
 
     Args:
         false_alarm: the clean false-alarm budget, a fraction in (0, 0.5]; 0 keeps
             0.2's rule (flag where B and B' disagree, no threshold). Defaults to 0.01.
         score: the GoodNet's detection score, one of `DETECTION_SCORES`. Defaults
             to "confidence_drop".
-        strip: also run STRIP on B and report it beside the GoodNets. Defaults to
-            `True`.
+        strip: also run STRIP on B and report it beside the GoodNets (it costs
+            `strip_blends` forward passes per scored image; `benchmark` always runs
+            it). Defaults to `False`.
         strip_blends: clean images each input is blended with (STRIP's N), 1 to
             `MAX_STRIP_BLENDS`. Defaults to 64.
         strip_alpha: the input's weight in each blend, in (0, 1). Defaults to 0.5.
@@ -494,8 +495,9 @@ class DetectConfig(_Serialisable):
     score: str = field(default=DETECTION_SCORES[0], metadata={
         "choices": DETECTION_SCORES, "help": "the GoodNet's detection score: B's confidence "
         "in its class minus B''s probability of it, KL(B || B'), or plain disagreement"})
-    strip: bool = field(default=True, metadata={
-        "help": "also run STRIP on B at the same budget and report it beside the GoodNets"})
+    strip: bool = field(default=False, metadata={"negatable": True,
+        "help": "also run STRIP on B at the same budget and report it beside the GoodNets "
+        "(64 forward passes per scored image; `benchmark` always runs it)"})
     strip_blends: int = field(default=64, metadata={
         "help": f"STRIP: clean images each input is blended with (1 to {MAX_STRIP_BLENDS})"})
     strip_alpha: float = field(default=0.5, metadata={

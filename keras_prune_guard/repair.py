@@ -128,7 +128,8 @@ def repair(
             Defaults to `None` ("the validation data" or "fine_tune_data").
         detect: how each GoodNet becomes a detector (`DetectConfig`: a threshold
             on its score set on held-out clean images for a false-alarm budget,
-            and STRIP beside it). Defaults to `None` (`DetectConfig()`: 1%).
+            and, with `strip`, STRIP beside it). Defaults to `None`
+            (`DetectConfig()`: a 1% budget, no STRIP).
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.

@@ -219,3 +219,17 @@ def test_cli_refuses_a_bad_budget_before_any_work(tmp_path, capsys):
                  str(tmp_path / "absent.h5"), "--false-alarm", "0.7"])
     assert code == 2
     assert "false_alarm must be a number in [0, 0.5]" in capsys.readouterr().err
+
+
+def test_strip_runs_beside_the_goodnets_only_when_asked(gen_model, gen_clean, gen_sunglasses,
+                                                       tmp_path):
+    assert DetectConfig().strip is False  # 64 forward passes per scored image: opt in
+    result = repair(gen_model, gen_clean, tmp_path / "out", thresholds=[4], test=gen_clean,
+                    poisoned=gen_sunglasses, fine_tune=FineTuneConfig(epochs=0),
+                    detect=DetectConfig(false_alarm=0.1, strip=True, strip_blends=8), verbose=0)
+    strip = result.strip
+    assert strip.method == "strip" and strip.score == "entropy of 8 blends"
+    assert strip.calibration_images == result.rows[0].detection.calibration_images == 18
+    assert 0.0 <= strip.auroc <= 1.0 and strip.detection_rate is not None
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "| STRIP (on B) |" in report

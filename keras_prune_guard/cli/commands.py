@@ -297,6 +297,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
     check_out_dir(args.out, argument="--out")
     config, tuning, detect = _configs(args)
+    detect = detect.replace(strip=True)  # the matrix compares every detector side by side
     paths = run_matrix(args.attacks, args.out, config, tuning,
                        partial(_repair_benchmark, args, detect=detect),
                        argv=getattr(args, "argv", None))

@@ -98,8 +98,9 @@ def add_config_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
         flag = meta.get("cli", "--" + f.name.replace("_", "-"))
         kwargs = {"dest": prefix + f.name, "default": f.default,
                   "help": f"{meta.get('help', '')} (default: {_default_text(f.default)})"}
-        if isinstance(f.default, bool):  # --strip / --no-strip when on by default
-            kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        if isinstance(f.default, bool):  # --x / --no-x for the flags on by default or negatable
+            negatable = f.default or meta.get("negatable", False)
+            kwargs["action"] = argparse.BooleanOptionalAction if negatable else "store_true"
         else:
             kwargs["type"] = _PARSERS.get(f.name, type(f.default) if f.default is not None
                                           else str)
