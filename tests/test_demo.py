@@ -22,16 +22,22 @@ from keras_prune_guard.data.files import load_lab_h5
 from keras_prune_guard.deploy.evaluate import ServedModel
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Fine-pruning and STRIP at a token size: one epoch of one schedule, 8 blends. The demo
+#: still fine-prunes every X and writes and scores B'' and G'' (the default 16 epochs of 3
+#: schedules took 4/5 of its time; choosing among schedules is tests/test_choice.py's).
+CHEAP = ["--fine-tune-epochs", "1", "--fine-tune-schedules", "cosine:1e-3",
+         "--strip", "--strip-blends", "8"]
 
 
 @pytest.fixture(scope="module")
 def demo_run(demo_bench, tmp_path_factory):
-    """`demo` at the reduced size, in-process, on the cache `demo_bench` filled."""
+    """`demo` at the reduced size, in-process, on the cache `demo_bench` filled (two X)."""
     out = tmp_path_factory.mktemp("demo") / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(["demo", "--out", str(out), "--cache-dir", str(demo_bench.root.parent),
-                     "--identities", "6", "--per-identity", "20", "--epochs", "4"])
+                     "--identities", "6", "--per-identity", "20", "--epochs", "4",
+                     "--thresholds", "2", "10", *CHEAP])
     assert code == 0
     return out, demo_bench.root, printed.getvalue()
 
@@ -40,6 +46,7 @@ def test_demo_prints_the_table_and_where_things_went(demo_run):
     out, _, stdout = demo_run
     assert "| B (original) |" in stdout and "| G_10" in stdout
     assert "Demo finished" in stdout and str(out) in stdout
+    assert "Pruning only vs fine-pruning" in stdout and "STRIP on B" in stdout
     # It reuses the cached benchmark and BadNet: nothing generated, nothing trained.
     assert "using cached" in stdout
     assert "generating" not in stdout and "training the" not in stdout
@@ -51,7 +58,7 @@ def test_demo_table_matches_the_models_own_predictions(demo_run):
     x_test, y_test = load_lab_h5(data_dir / "cl" / "test.h5")
     x_bd, y_bd = load_lab_h5(data_dir / "bd" / "bd_test.h5")
     n = summary["num_classes"]
-    assert n == 6
+    assert n == 6 and [row["threshold"] for row in summary["rows"]] == [2, 10]
     for row in summary["rows"]:
         tag = f"X{row['threshold']:g}"
         b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")
@@ -71,11 +78,15 @@ def test_demo_table_matches_the_models_own_predictions(demo_run):
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
-    """`demo --architecture resnet` at a reduced size (the second kind of BadNet)."""
+    """`demo --architecture resnet` at a reduced size (the second kind of BadNet).
+
+    One threshold (each costs about 30 s on this network; several per run are the DeepID
+    demo's).
+    """
     base = tmp_path_factory.mktemp("demo_resnet")
     args = [sys.executable, "-m", "keras_prune_guard.cli", "demo", "--architecture", "resnet",
             "--out", str(base / "out"), "--cache-dir", str(base / "cache"), "--identities",
-            "6", "--per-identity", "20", "--epochs", "4"]
+            "6", "--per-identity", "20", "--epochs", "4", "--thresholds", "10", *CHEAP]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return base, done.stdout
@@ -95,6 +106,7 @@ def test_demo_resnet_runs_the_defense_end_to_end(resnet_run):
         "resnet"
     x_test, _ = load_lab_h5(data_dir / "cl" / "test.h5")
     n = summary["num_classes"]
+    assert [row["threshold"] for row in summary["rows"]] == [10]
     for row in summary["rows"]:
         tag = f"X{row['threshold']:g}"
         b_prime = keras.saving.load_model(out / f"bprime_{tag}.keras")

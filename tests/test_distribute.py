@@ -5,7 +5,8 @@ initialises, so the runs happen in a subprocess (this file, run as a script):
 it runs the same work without a strategy and under `MirroredStrategy`, on the
 generated DeepID BadNet and faces of `gen_dir`, and prints JSON; the tests compare. Two
 more subprocesses form a two-worker `MultiWorkerMirroredStrategy` cluster on
-127.0.0.1 (TF_CONFIG) and run the streamed sweep and an evaluation.
+127.0.0.1 (TF_CONFIG) and run the streamed sweep and an evaluation. The three processes
+start together.
 """
 
 from __future__ import annotations
@@ -135,37 +136,55 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="module")
-def runs(gen_dir) -> dict:
-    done = subprocess.run([sys.executable, __file__], env=_env(gen_dir), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    return _result(done)
+class _Launched:
+    """A process started by `launched`, its output going to files."""
 
+    def __init__(self, args: list[str], env: dict, folder: Path, name: str):
+        self.out, self.err = folder / f"{name}.stdout", folder / f"{name}.stderr"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=err,
+                                         text=True)
 
-@pytest.fixture(scope="module")
-def workers(gen_dir) -> list[dict]:
-    """Two MultiWorkerMirroredStrategy workers on this machine (loopback only)."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "worker"], cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=_env(gen_dir, TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": i}})),
-        )
-        for i in range(2)
-    ]
-    results = []
-    for proc in procs:
+    def result(self, timeout: float) -> dict:
         try:
-            stdout, stderr = proc.communicate(timeout=300)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
+            self.proc.kill()
+            self.proc.wait()
             raise
-        results.append(_result(subprocess.CompletedProcess(proc.args, proc.returncode,
-                                                           stdout, stderr)))
-    return results
+        return _result(subprocess.CompletedProcess(self.proc.args, code, self.out.read_text(),
+                                                   self.err.read_text()))
+
+
+@pytest.fixture(scope="module")
+def launched(gen_dir, tmp_path_factory):
+    """The devices run and the two MultiWorkerMirroredStrategy workers (loopback only), all
+    started at once: three processes that share no state run side by side on two cores."""
+    folder = tmp_path_factory.mktemp("distribute")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    started = {"devices": _Launched([sys.executable, __file__], _env(gen_dir), folder, "devices")}
+    for i in range(2):
+        started[f"worker{i}"] = _Launched(
+            [sys.executable, __file__, "worker"],
+            _env(gen_dir, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": i}})),
+            folder, f"worker{i}")
+    yield started
+    for one in started.values():
+        if one.proc.poll() is None:
+            one.proc.kill()
+            one.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(launched) -> dict:
+    return launched["devices"].result(timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workers(launched) -> list[dict]:
+    """The two workers' results."""
+    return [launched[f"worker{i}"].result(timeout=600) for i in range(2)]
 
 
 def test_the_subprocess_really_had_two_devices(runs):

@@ -3,7 +3,11 @@
 Real files throughout: real `repair` runs on a generated DeepID BadNet, real SIGKILLs, a real
 10,000 x 10,000 PNG. Processes that only commit files (or only read an image) load the
 plain modules `outputs` and `data` without the package's `__init__` (which imports Keras),
-so each of the many kill processes starts in a tenth of a second.
+so each of the many kill processes starts in a tenth of a second (`data.files` imports
+TensorFlow itself, so the one process reading the PNG takes seconds).
+
+The fast tier kills a commit before each of its steps; CI's slow tier also kills the commit's
+two-rename fallback and real `repair` runs at five points.
 """
 
 from __future__ import annotations
@@ -101,13 +105,17 @@ def manifest_of(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(gen_dir, tmp_path_factory) -> dict[str, Path]:
-    """Two complete real outputs: "old" (X = 4, 10) and "new" (X = 2, 4)."""
-    found = {}
+    """Two complete real outputs: "old" (X = 4, 10) and "new" (X = 2, 4), run at once."""
+    found, started = {}, []
     for name, thresholds in (("old", ("4", "10")), ("new", ("2", "4"))):
-        out = tmp_path_factory.mktemp("runs") / name
-        done = run_cli(repair_argv(gen_dir, out, *thresholds))
-        assert done.returncode == 0, done.stderr[-3000:]
-        found[name] = out
+        found[name] = tmp_path_factory.mktemp("runs") / name
+        log = found[name].with_name(f"{name}.stderr")
+        with open(log, "w") as err:
+            started.append((subprocess.Popen(
+                repair_argv(gen_dir, found[name], *thresholds), cwd=ROOT, env=ENV,
+                stdout=subprocess.DEVNULL, stderr=err), log))
+    for proc, log in started:
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     return found
 
 
@@ -259,7 +267,10 @@ print("steps", steps[0])
 """
 
 
-@pytest.mark.parametrize("exchange", ["renameat2", "fallback"])
+#: The fast tier's one kill test: every step of the commit, with renameat2 as on Linux; the
+#: two-rename fallback (macOS, Windows) and the kills of real runs are CI's slow tier.
+@pytest.mark.parametrize("exchange", ["renameat2", pytest.param("fallback",
+                                                                marks=pytest.mark.slow)])
 def test_sigkill_before_each_step_of_the_commit_leaves_old_or_new(runs, tmp_path, exchange):
     """Killed before each of its renames and deletions, a commit leaves the old output or,
     once past its commit point, one that `recover` (or the next run) completes into the new
@@ -370,13 +381,16 @@ def _start(gen_dir: Path, out: Path, *thresholds: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, tmp_path):
+def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, tmp_path,
+                                                               capsys):
+    """The second run is the CLI in this process (one process start fewer than two)."""
     out = link_tree(runs["old"], tmp_path / "out")
-    first = _start(gen_dir, out, "2", "4")
+    first = _start(gen_dir, out, "2")
     try:
         assert _wait_for(first, out, _staging(first.pid)), first.communicate()[1][-2000:]
         os.kill(first.pid, signal.SIGSTOP)  # hold it inside its run: the overlap is certain
-        second = run_cli(repair_argv(gen_dir, out, "4"))
+        code = cli_main(repair_argv(gen_dir, out, "4")[3:])
+        second = capsys.readouterr()
         os.kill(first.pid, signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=600)
     finally:
@@ -384,12 +398,12 @@ def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, t
             os.kill(first.pid, signal.SIGCONT)
             first.kill()
             first.wait()
-    assert second.returncode == 2, second.stderr[-2000:]
-    line = second.stderr.strip().splitlines()[-1]
+    assert code == 2, second.err[-2000:]
+    line = second.err.strip().splitlines()[-1]
     assert line == (f"{PREFIX}--out {out}: another keras-prune-guard run (pid {first.pid}) is "
                     "writing to this folder; expected a folder no other run is using (wait for "
                     "it to end, or choose another --out).")
-    assert "Ranking" not in second.stdout and "Traceback" not in second.stderr
+    assert "Ranking" not in second.out and "Traceback" not in second.err
     assert first.returncode == 0, stderr[-3000:]
     manifest = manifest_of(out)
     assert manifest["pid"] == first.pid and "bprime_X2.keras" in manifest["entries"]
@@ -397,13 +411,15 @@ def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, t
     assert "bprime_X10.keras" not in os.listdir(out)  # the old run's X10 went with its run
 
 
-#: Kill points whose runs check nothing the "sweep" (old run kept) and "commit" (new run, or
-#: its commit finished) cases do not: CI's slow tier.
-SLOW_KILL_POINTS = {"first_model", "savedmodel", "report"}
+#: Kill points after which the next `repair` runs on the folder: one before the commit point
+#: (the old run kept) and the commit (the new run, or its commit finished). The others are
+#: before the commit point too, and leave what "sweep" leaves (a dead run's staging folder):
+#: after them `recover`, the clean-up each run starts with (`run_folder`), removes it.
+NEXT_RUN_POINTS = {"sweep", "commit"}
 
 
-@pytest.mark.parametrize("point", [
-    pytest.param(p, marks=pytest.mark.slow) if p in SLOW_KILL_POINTS else p for p in KILL_POINTS])
+@pytest.mark.slow  # the fast tier kills the commit at every step (above), without a real run
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, gen_dir, tmp_path,
                                                                 point):
     out = link_tree(runs["old"], tmp_path / "out")
@@ -431,6 +447,10 @@ def test_sigkill_during_a_real_repair_leaves_old_or_new_complete(runs, gen_dir, 
     else:  # killed before its commit point: the old run, byte for byte
         assert verify_folder(out).run_id == old_run
         assert {r: d for r, d in snapshot(out).items() if not r.startswith(".tmp-")} == before
+    if point not in NEXT_RUN_POINTS:
+        assert recover(out, log=lambda text: None).run_id == old_run
+        assert snapshot(out) == before and not list(out.rglob(".tmp-*"))
+        return
     # The next run on the folder finishes (or discards) what the killed one left.
     done = run_cli(repair_argv(gen_dir, out, "2", "4"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -705,27 +725,39 @@ def big_png(tmp_path_factory) -> Path:
 RSS_CHILD = """
 import resource, sys
 from keras_prune_guard.data.files import DataError, load_images
-shape = None if sys.argv[2] == "none" else (55, 47, 3)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-try:
-    load_images(sys.argv[1], image_shape=shape)
-    print("loaded")
-except DataError as err:
-    print(err)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+for name in sys.argv[2:]:
+    shape = None if name == "none" else (55, 47, 3)
+    try:
+        load_images(sys.argv[1], image_shape=shape)
+        print("loaded")
+    except DataError as err:
+        print(err)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
+#: How the tests below load the huge PNG: with the model's image shape, or with none.
+PNG_SHAPES = ("model", "none")
 
 
-@pytest.mark.parametrize("shape", ["model", "none"])
-def test_huge_png_is_refused_from_its_header_without_decoding(big_png, shape):
+@pytest.fixture(scope="module")
+def huge_png_loads(big_png) -> dict[str, tuple[str, int]]:
+    """Per shape, what one child process said loading `big_png`, and how far its peak RSS
+    had grown (kB) since before the first load: one process (its imports take seconds)
+    for both, and a peak, so a decode in either would show in both figures after it."""
+    done = light_python(RSS_CHILD, str(big_png), *PNG_SHAPES)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()[-2 * len(PNG_SHAPES):]
+    return {shape: (lines[2 * i], int(lines[2 * i + 1])) for i, shape in enumerate(PNG_SHAPES)}
+
+
+@pytest.mark.parametrize("shape", PNG_SHAPES)
+def test_huge_png_is_refused_from_its_header_without_decoding(big_png, huge_png_loads, shape):
     from PIL import Image
 
     assert big_png.stat().st_size < 400_000
     with pytest.warns(Image.DecompressionBombWarning), Image.open(big_png) as im:
         assert im.size == (10_000, 10_000)  # a real PNG Pillow reads (and warns about)
-    done = light_python(RSS_CHILD, str(big_png), shape)
-    assert done.returncode == 0, done.stderr[-2000:]
-    message, grown_kb = done.stdout.strip().splitlines()
+    message, grown_kb = huge_png_loads[shape]
     assert message.startswith(f"{big_png}: found an image of ")
     if shape == "model":
         assert message == (f"{big_png}: found an image of (H, W, C) (10000, 10000, 3) in its "

@@ -5,7 +5,10 @@ BatchNorm with logits, subclassed with its own mask; see `tests/support/zoo.py`)
 the default mask location, the fast sweep against the naive one at every step, the GoodNet's
 sharing and size, the plain export (no custom objects), the SavedModel and the saliency maps.
 The large networks are swept busiest channels first (`order="descending"`) so that they reach
-the threshold within a few dozen steps; the others in the default order.
+the threshold within a few dozen steps; the others in the default order. The large networks are
+the slow tier, where densenet121 and mobilenetv2 skip the SavedModel and saliency checks
+(`HEAVY_CHECKS_SKIPPED`); two zoo models are left to the benchmark (`UNTESTED`), each with
+the tests that cover it.
 """
 
 from __future__ import annotations
@@ -42,14 +45,34 @@ from keras_prune_guard.report.saliency import gradcam_layer, saliency_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
 THRESHOLD = 30.0
-#: The keras.applications networks and the transfer models built on them: CI's slow tier.
-LARGE = {"resnet50", "mobilenetv2", "efficientnetb0", "densenet121", "vgg16",
-         "transfer_sequential", "transfer_functional"}
-NAMES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in ZOO]
+#: The keras.applications networks and the transfer model built on one: CI's slow tier.
+LARGE = {"mobilenetv2", "efficientnetb0", "densenet121", "vgg16", "transfer_sequential"}
+#: Zoo models these per-model tests leave to benchmarks/bench_zoo.py, being
+#: transfer_sequential's ResNet50 in another wrapper: resnet50 is the application with its
+#: own head (the mask on the application's own pooling is checked on mobilenetv2,
+#: efficientnetb0, densenet121 and vgg16); transfer_functional holds the backbone and head in
+#: a functional model instead of a Sequential one (a backbone nested in a functional model is
+#: checked on `small_transfer(sequential=False)`: test_after_spellings_for_a_nested_backbone
+#: and, through the CLI's sweep, exports and SavedModel, test_repair_cli_on_a_saved_nested_model).
+UNTESTED = {"resnet50", "transfer_functional"}
+NAMES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in ZOO
+         if name not in UNTESTED]
+#: The slowest exports and gradients (35 s for densenet121's SavedModel, 15 s for
+#: mobilenetv2's) skipped where other models check the same kinds of layer: DenseNet's
+#: convolutions, BatchNorm, concatenations and average pooling, and MobileNetV2's depthwise
+#: convolutions, ReLU6, zero padding and residual adds, are all in efficientnetb0,
+#: transfer_sequential (ResNet50) or batchnorm_logits, whose SavedModel and maps are checked.
+HEAVY_CHECKS_SKIPPED = {
+    name: "its kinds of layer are in efficientnetb0, transfer_sequential or batchnorm_logits, "
+          "whose SavedModel and saliency maps are checked"
+    for name in ("densenet121", "mobilenetv2")
+}
 #: Sweep order per model: the default where it reaches the threshold in under 100 steps.
-ASCENDING = {"sequential_cnn", "batchnorm_logits", "subclassed", "vgg16", "efficientnetb0"}
-#: VGG16 needs 88 steps for 30 points (about 0.2 s each in the naive check): 5 takes 52.
-THRESHOLDS = {"vgg16": 5.0}
+ASCENDING = {"sequential_cnn", "batchnorm_logits", "subclassed", "efficientnetb0"}
+#: VGG16 busiest first loses 30 points at its first step (too few steps to compare) and 50
+#: at its fifth, with the accuracy going up and down on the way (ascending, 5 points took 52
+#: steps, about 0.25 s each in the naive check).
+THRESHOLDS = {"vgg16": 50.0}
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -143,7 +166,13 @@ def test_plain_export_needs_no_custom_objects(case, tmp_path):
     np.testing.assert_array_equal(got.argmax(-1), case.b_prime_out.argmax(-1))
 
 
+def skip_heavy(case) -> None:
+    if case.name in HEAVY_CHECKS_SKIPPED:
+        pytest.skip(f"{case.name}: {HEAVY_CHECKS_SKIPPED[case.name]}")
+
+
 def test_savedmodel_reloads_with_the_same_outputs(case, tmp_path):
+    skip_heavy(case)
     case.goodnet.export(tmp_path / "goodnet", verbose=False)
     served = tf.saved_model.load(str(tmp_path / "goodnet"))
     out = served.serve(tf.constant(case.x)).numpy()
@@ -152,6 +181,7 @@ def test_savedmodel_reloads_with_the_same_outputs(case, tmp_path):
 
 
 def test_saliency_maps_run(case):
+    skip_heavy(case)
     maps = saliency_maps(case.b_prime, case.x[:2])
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
     assert maps.max() == pytest.approx(1.0)
@@ -303,7 +333,8 @@ def test_repair_cli_on_a_saved_nested_model(tmp_path):
          str(tmp_path / "transfer.keras"), "--valid", str(tmp_path / "valid.h5"),
          "--test", str(tmp_path / "test.h5"), "--poisoned", str(tmp_path / "poisoned.h5"),
          "--after", "backbone/bb_out", "--thresholds", "30", "--order", "descending",
-         "--out", str(out)],
+         "--false-alarm", "0",  # 0.2's rule: flag where B and B' differ, as GoodNetModel(B, B')
+         "--fine-tune-epochs", "0", "--no-strip", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "report" / "report.json").read_text())
