@@ -519,6 +519,88 @@ class DetectConfig(_Serialisable):
         return self.false_alarm > 0
 
 
+#: What ranks the channels that are pruned, the default first: "pruning" (the lab's mean
+#: activation after the last pooling layer), "rnp" (Li et al. 2023) and "anp" (Wu & Wang
+#: 2021), which learn a gate per channel of every conv/BatchNorm layer (`defend.gates`).
+DEFENSES = ("pruning", "rnp", "anp")
+
+
+@_strict
+@dataclass(frozen=True)
+class DefenseConfig(_Serialisable):
+    """Which channels `repair` prunes, and the settings of the mask-learning defenses.
+
+    "pruning" ranks the channels after the last pooling layer by mean clean activation
+    (the lab's defense). "rnp" and "anp" learn a mask in [0, 1] per channel of every conv
+    and BatchNorm layer on the clean data (never on triggered images) and rank the
+    channels by it, lowest first; the sweep then prunes in that order until the clean
+    accuracy is X points below B's, as for "pruning". The defaults are the reference
+    code's (bboylyg/RNP, csdongxian/ANP_backdoor); docs/defenses.md says where this
+    departs from it.
+
+    Args:
+        method: one of `DEFENSES`. Defaults to "pruning".
+        batch_size: images per step of unlearning and mask learning. Defaults to 128.
+        unlearn_lr: RNP: SGD rate of the unlearning (gradient ascent on the clean loss).
+            Defaults to 0.01.
+        unlearn_epochs: RNP: most epochs of unlearning. Defaults to 20.
+        unlearn_floor: RNP: unlearning stops once an epoch's clean accuracy is at most
+            this fraction. Defaults to 0.2.
+        mask_lr: RNP and ANP: SGD rate (momentum 0.9) of the masks. Defaults to 0.2.
+        mask_epochs: RNP: epochs of mask learning on the unlearned network. Defaults to 20.
+        anp_steps: ANP: mask updates (each on one batch). Defaults to 2000.
+        anp_eps: ANP: bound of the neuron perturbation. Defaults to 0.4.
+        anp_alpha: ANP: weight of the clean loss against the perturbed one. Defaults to 0.2.
+        seed: seeds the batches and ANP's random start. Defaults to 0.
+
+    Example:
+
+    >>> DefenseConfig(method="rnp").unlearn_floor
+    0.2
+    """
+
+    method: str = field(default=DEFENSES[0], metadata={
+        "cli": "--defense", "choices": DEFENSES, "help": "what ranks the channels to prune: "
+        "mean activation after the last pooling layer (the lab's), or a mask learnt per "
+        "channel of every conv/BatchNorm layer by RNP or ANP"})
+    batch_size: int = field(default=128, metadata={
+        "cli": "--defense-batch-size", "help": "rnp/anp: images per step"})
+    unlearn_lr: float = field(default=0.01, metadata={
+        "help": "rnp: SGD rate of unlearning (gradient ascent on the clean loss)"})
+    unlearn_epochs: int = field(default=20, metadata={"help": "rnp: most unlearning epochs"})
+    unlearn_floor: float = field(default=0.2, metadata={
+        "help": "rnp: unlearning stops at this clean accuracy (a fraction)"})
+    mask_lr: float = field(default=0.2, metadata={"help": "rnp/anp: SGD rate of the masks"})
+    mask_epochs: int = field(default=20, metadata={
+        "help": "rnp: epochs of mask learning on the unlearned network"})
+    anp_steps: int = field(default=2000, metadata={"help": "anp: mask updates"})
+    anp_eps: float = field(default=0.4, metadata={"help": "anp: neuron perturbation bound"})
+    anp_alpha: float = field(default=0.2, metadata={
+        "help": "anp: weight of the clean loss against the perturbed loss, in [0, 1]"})
+    seed: int = field(default=0, metadata={"cli": "--defense-seed",
+                                           "help": "rnp/anp: seed of batches and noise"})
+
+    def __post_init__(self):
+        _choice("method", self.method, DEFENSES)
+        _positive_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        _number("unlearn_lr", self.unlearn_lr, 0.0, MAX_LEARNING_RATE, open_low=True)
+        _positive_int("unlearn_epochs", self.unlearn_epochs, maximum=MAX_EPOCHS)
+        _number("unlearn_floor", self.unlearn_floor, 0.0, 1.0)
+        _number("mask_lr", self.mask_lr, 0.0, 10.0, open_low=True)
+        _positive_int("mask_epochs", self.mask_epochs, maximum=MAX_EPOCHS)
+        _positive_int("anp_steps", self.anp_steps, maximum=1_000_000)
+        _number("anp_eps", self.anp_eps, 0.0, 1.0)
+        _number("anp_alpha", self.anp_alpha, 0.0, 1.0)
+        _positive_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        for name in ("unlearn_lr", "unlearn_floor", "mask_lr", "anp_eps", "anp_alpha"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def learns_masks(self) -> bool:
+        """True for the defenses that learn a gate per channel ("rnp", "anp")."""
+        return self.method != "pruning"
+
+
 _PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunOptions)}
 
@@ -568,6 +650,8 @@ def options_from(
 
 
 __all__ = [
+    "DEFENSES",
+    "DefenseConfig",
     "DEFAULT_FALSE_ALARM",
     "DETECTION_SCORES",
     "DetectConfig",

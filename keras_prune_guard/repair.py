@@ -19,6 +19,7 @@ import numpy as np
 from keras_prune_guard._compat import deprecated
 from keras_prune_guard._fs.outputs import RunFolder, run_folder
 from keras_prune_guard.config import (
+    DefenseConfig,
     DetectConfig,
     FineTuneConfig,
     PruneConfig,
@@ -26,8 +27,9 @@ from keras_prune_guard.config import (
     options_from,
 )
 from keras_prune_guard.data.checks import check_model_on, first_images, is_streamed, labelled_pairs
-from keras_prune_guard.defend.choice import choose_fine_tune
+from keras_prune_guard.defend.choice import choose_fine_tune, split_holdout
 from keras_prune_guard.defend.finetune import check_data, fine_tune
+from keras_prune_guard.defend.masks import mask_prune
 from keras_prune_guard.deploy.evaluate import check_true_labels, evaluate
 from keras_prune_guard.deploy.export import (
     FORMATS,
@@ -80,6 +82,7 @@ def repair(
     fine_tune_data=None,
     fine_tune_label: str | None = None,
     detect: DetectConfig | None = None,
+    defense: DefenseConfig | str | None = None,
     trigger_region: tuple[int, int, int, int] | None = None,
     model_label: str | None = None,
     formats=("savedmodel",),
@@ -130,6 +133,11 @@ def repair(
             on its score set on held-out clean images for a false-alarm budget,
             and, with `strip`, STRIP beside it). Defaults to `None`
             (`DetectConfig()`: a 1% budget, no STRIP).
+        defense: what ranks the channels to prune (`DefenseConfig`, or its method
+            name): "pruning" (mean activation after the last pooling layer, the lab's),
+            "rnp" or "anp" (a mask learnt per channel of every conv/BatchNorm layer on
+            the clean data fine-tuning trains on; `defend.masks`). Defaults to `None`
+            ("pruning").
         trigger_region: (row_start, row_stop, col_start, col_stop) of the
             trigger, for the saliency share. Defaults to `None`.
         model_label: how to name B in the report. Defaults to the model's name.
@@ -162,6 +170,7 @@ def repair(
     if say is not None:
         run = _Logging(run.strategy, run.activation_cache, run.verbose, say)
     num_classes = int(model.output_shape[-1])
+    defense = _defense(defense, valid)
     data = _check_inputs(model, valid, test, poisoned, fine_tune, fine_tune_data,
                          fine_tune_label, num_classes)
     data.true_labels = _true_labels(true_labels, data.poisoned)
@@ -169,8 +178,10 @@ def repair(
     channel_layer(model, config.after)
     data.formats = check_formats(formats)
     with run_folder(out_dir, log=run.log) as folder:  # checked and locked before any work
-        pruned = _prune(model, data, config, run)
+        pruned = _prune(model, data, config, defense, fine_tune, run)
         result = _new_result(model, pruned.sweep, config, fine_tune, data, model_label, run)
+        result.defense = defense
+        result.defense_seconds = pruned.sweep.stats.get("mask_seconds")
         _calibration_note(result, data, run)
         figure_models = {"B": model}
         for t, snap in pruned.sweep.snapshots.items():
@@ -345,11 +356,41 @@ def repair_at(model, b_prime, snap, channels: int, folder: RunFolder, data: _Dat
     return row, models
 
 
-def _prune(model, data: _Data, config: PruneConfig, run: RunOptions):
+def _defense(defense: DefenseConfig | str | None, valid) -> DefenseConfig:
+    """`defense` as a `DefenseConfig`, refused before any work when it cannot run."""
+    if isinstance(defense, str):
+        defense = DefenseConfig(method=defense)
+    if defense is not None and not isinstance(defense, DefenseConfig):
+        raise ValueError("repair: defense must be a DefenseConfig, a method name or None. "
+                         f"Received: {defense!r}")
+    defense = defense or DefenseConfig()
+    if defense.learns_masks and is_streamed(valid):
+        raise ValueError(f"defense {defense.method!r} learns masks on the clean images, so it "
+                         "needs valid as (x, y) arrays; received a streamed tf.data.Dataset")
+    return defense
+
+
+def _prune(model, data: _Data, config: PruneConfig, defense: DefenseConfig,
+           fine_tune: FineTuneConfig, run: RunOptions):
+    if defense.learns_masks:
+        check_model_on(model, data.valid, "valid")
+        # The rows fine-tuning trains on: its held-out rows (schedule choice, calibration)
+        # stay unseen by every step that shapes B''.
+        clean = data.fine_tune if data.fine_tune is not None else data.valid
+        train = split_holdout(clean, fine_tune.holdout, fine_tune.seed)[0]
+        run.log(f"{defense.method.upper()}: learning a mask per channel on {len(train[0])} "
+                "clean images ...")
+        return mask_prune(model, data.valid, config, defense, train=train,
+                          poisoned=_arrays_or_none(data.poisoned), run=run)
     what = "the streamed validation images" if is_streamed(data.valid) else \
         f"{len(data.valid[0])} validation images"
     run.log(f"Ranking {what} and sweeping the mask ...")
     return prune(model, data.valid, config, poisoned=data.poisoned, run=run)
+
+
+def _arrays_or_none(data):
+    """Poisoned data for the mask sweep's curve: arrays as they are, a stream is not traced."""
+    return None if data is None or is_streamed(data) else data
 
 
 def _baseline(model, valid_accuracy: float, data: _Data, run: RunOptions) -> Baseline:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig
+from keras_prune_guard.config import DefenseConfig, DetectConfig, FineTuneConfig, PruneConfig
 
 
 class ReportError(ValueError):
@@ -314,12 +314,15 @@ class RepairResult(_Record):
     title: str = "keras-prune-guard repair report"
     detect: DetectConfig | None = None
     strip: Detection | None = None
+    defense: DefenseConfig | None = None
+    defense_seconds: float | None = None
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["config"] = self.config.get_config()
         out["fine_tune"] = None if self.fine_tune is None else self.fine_tune.get_config()
         out["detect"] = None if self.detect is None else self.detect.get_config()
+        out["defense"] = None if self.defense is None else self.defense.get_config()
         out["strip"] = None if self.strip is None else dataclasses.asdict(self.strip)
         out["baseline"] = dataclasses.asdict(self.baseline)
         out["rows"] = [dataclasses.asdict(r) for r in self.rows]
@@ -575,15 +578,21 @@ class _Reader:
             report_files=self.files(data.get("report_files"), "['report_files']"),
             detect=self.detect_config(data.get("detect")),
             strip=self.detection(data.get("strip"), "['strip']"),
+            defense=self.settings(DefenseConfig, data.get("defense"), "defense"),
+            defense_seconds=self.number(data.get("defense_seconds"), "['defense_seconds']"),
         )
 
     def detect_config(self, value: Any) -> DetectConfig | None:
+        return self.settings(DetectConfig, value, "detect")
+
+    def settings(self, cls, value: Any, key: str):
+        """A configuration stored under `key` (None when absent), checked by its class."""
         if value is None:
             return None
         try:
-            return DetectConfig.from_config(self.mapping(value, "['detect']"))
+            return cls.from_config(self.mapping(value, f"[{key!r}]"))
         except ValueError as err:
-            raise ReportError(f"summary['detect']: {err}") from None
+            raise ReportError(f"summary[{key!r}]: {err}") from None
 
 
 __all__ = [

@@ -198,6 +198,7 @@ def test_help_explains_every_option():
         assert option in done.stdout
 
 
+@pytest.mark.slow
 def test_repair_fine_tunes_on_the_given_file(gen_dir, tmp_path):
     out = tmp_path / "saved"
     done = cli(
@@ -248,6 +249,7 @@ def test_help_explains_the_fine_tune_options():
     assert "--fine-tune-epochs" in done.stdout and "--fine-tune-data" not in done.stdout
 
 
+@pytest.mark.slow
 def test_saliency_command_reports_the_trigger_share(repaired, gen_dir, gen_trigger_region,
                                                     tmp_path):
     out, _ = repaired

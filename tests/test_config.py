@@ -130,6 +130,7 @@ def test_cli_renamed_option_still_works_with_one_line_on_stderr(capsys):
     assert args.benchmark_cache == "somewhere"
 
 
+@pytest.mark.slow
 def test_one_configuration_selects_the_same_b_prime_everywhere(gen_model, gen_clean,
                                                                tmp_path):
     """sweep, prune, PruningCallback and repair given one PruneConfig agree for every X."""

@@ -352,6 +352,7 @@ def test_export_command_bad_input_exits_2_with_one_line(net, tmp_path, capsys):
     assert leftovers(tmp_path) == ["bprime_X10.keras", "broken.keras"]
 
 
+@pytest.mark.slow
 def test_export_command_in_a_fresh_process(tmp_path):
     done = run_script("-m", "keras_prune_guard.cli", "export", str(tmp_path / "g.keras"),
                       "--format", "onnx")
@@ -408,6 +409,7 @@ def test_broken_files_get_clear_errors(tmp_path, capsys, gen_dir):
 # --- repair --formats ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_repair_writes_every_format_and_scores_them(gen_dir, tmp_path, capsys):
     out = tmp_path / "out"
     clean, poisoned = gen_dir / "clean_faces.h5", gen_dir / "sunglasses_faces.h5"

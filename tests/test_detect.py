@@ -127,6 +127,7 @@ def test_calibration_keeps_the_clean_false_alarm_within_budget(repaired_pair, ge
     assert 0 < flagged.sum() <= 9  # 9 of 90 allowed; the drop is continuous: some are
 
 
+@pytest.mark.slow
 def test_the_threshold_survives_keras_files_and_every_export(repaired_pair, gen_clean,
                                                              gen_sunglasses, tmp_path):
     bad, tuned = repaired_pair

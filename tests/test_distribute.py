@@ -23,6 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["/cpu:0", "/cpu:1"]
 
+pytestmark = pytest.mark.slow  # one subprocess with two logical CPUs (~60 s)
+
 
 def _sweep_record(result) -> dict:
     return {

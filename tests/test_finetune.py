@@ -64,6 +64,7 @@ def test_fine_tune_keeps_pruned_channels_zero_and_leaves_b_prime_alone(b_prime, 
     assert np.all(mask_output(b_prime, x)[..., pruned] == 0.0)
 
 
+@pytest.mark.slow
 def test_fine_tune_is_seeded(b_prime, gen_clean):
     x, y = gen_clean
     runs = [fine_tune(b_prime, (x[:64], y[:64]), epochs=1, batch_size=16, seed=s,

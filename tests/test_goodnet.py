@@ -89,6 +89,7 @@ def test_mismatched_networks_are_refused(gen_model):
         GoodNetModel(gen_model)
 
 
+@pytest.mark.slow
 def test_export_reloads_in_a_fresh_process(pair, gen_clean, gen_sunglasses, tmp_path):
     bad, repaired = pair
     x = images(gen_clean, gen_sunglasses)

@@ -271,6 +271,7 @@ print("steps", steps[0])
 #: two-rename fallback (macOS, Windows) and the kills of real runs are CI's slow tier.
 @pytest.mark.parametrize("exchange", ["renameat2", pytest.param("fallback",
                                                                 marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_sigkill_before_each_step_of_the_commit_leaves_old_or_new(runs, tmp_path, exchange):
     """Killed before each of its renames and deletions, a commit leaves the old output or,
     once past its commit point, one that `recover` (or the next run) completes into the new
@@ -381,6 +382,7 @@ def _start(gen_dir: Path, out: Path, *thresholds: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_second_repair_on_the_same_out_exits_2_naming_the_first(runs, gen_dir, tmp_path,
                                                                capsys):
     """The second run is the CLI in this process (one process start fewer than two)."""

@@ -214,6 +214,7 @@ def test_repair_refuses_bad_input_with_a_clean_message(gen_dir, tmp_path, capsys
     assert not (tmp_path / "code_ran.txt").exists()  # a Lambda's code never ran
 
 
+@pytest.mark.slow
 def test_lambda_model_is_refused_by_the_installed_command(tmp_path):
     """The same refusal through a real process: exit 2, one line, the file's code not run."""
     marker = tmp_path / "code_ran.txt"

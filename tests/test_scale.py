@@ -140,6 +140,7 @@ def test_prune_and_evaluate_take_streamed_files(gen_model, gen_dir, in_memory, t
     assert streamed.attack_success == pytest.approx(in_memory.snapshots[4.0].attack_success)
 
 
+@pytest.mark.slow
 def test_cli_repair_streams_with_a_file_cache_and_a_strategy(gen_dir, in_memory, tmp_path):
     import json
     import subprocess

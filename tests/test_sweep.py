@@ -11,6 +11,7 @@ def masked(gen_model):
     return insert_channel_mask(gen_model)
 
 
+@pytest.mark.slow
 def test_every_step_matches_the_naive_sweep(masked, gen_clean, gen_sunglasses):
     x, y = gen_clean
     result = sweep(masked, (x, y), poisoned=gen_sunglasses, full_curve=True,

@@ -14,7 +14,13 @@ from keras_prune_guard._fs.outputs import check_out_dir
 from keras_prune_guard.benchmark import ensure_benchmark
 from keras_prune_guard.benchmark.matrix import run_matrix
 from keras_prune_guard.cli.parser import config_from_args
-from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig, RunOptions
+from keras_prune_guard.config import (
+    DefenseConfig,
+    DetectConfig,
+    FineTuneConfig,
+    PruneConfig,
+    RunOptions,
+)
 from keras_prune_guard.data.checks import check_model_on
 from keras_prune_guard.data.files import (
     DataError,
@@ -89,9 +95,15 @@ def _data_errors(run):
 
 def _configs(args: argparse.Namespace) -> tuple[PruneConfig, FineTuneConfig, DetectConfig]:
     """The defense's configuration, built and checked once from the options."""
+    defense(args)  # checked with the others, before any file is read
     return (config_from_args(PruneConfig, args),
             config_from_args(FineTuneConfig, args, "fine_tune_"),
             config_from_args(DetectConfig, args))
+
+
+def defense(args: argparse.Namespace) -> DefenseConfig:
+    """The `--defense` options as a `DefenseConfig`."""
+    return config_from_args(DefenseConfig, args, "defense_")
 
 
 def repair(args: argparse.Namespace) -> int:
@@ -145,6 +157,7 @@ def repair(args: argparse.Namespace) -> int:
         fine_tune_label=(None if args.fine_tune_data is None
                          else Path(args.fine_tune_data).name),
         detect=detect,
+        defense=defense(args),
         trigger_region=args.trigger_region,
         model_label=Path(args.model or args.weights).name,
         formats=formats,
@@ -278,7 +291,7 @@ def _repair_benchmark(args, attack: str, out, config, tuning, formats, architect
     true_labels = load_true_labels(bench.bd_test)
     result = run_repair(
         model, valid, out, config, test=test, poisoned=bd_test, true_labels=true_labels,
-        fine_tune=tuning, formats=formats, detect=detect,
+        fine_tune=tuning, formats=formats, detect=detect, defense=defense(args),
         trigger_region=bench.trigger_region,
         model_label=f"built-in benchmark BadNet ({_kind(architecture)}{attack} attack, "
                     f"{num_classes_of(model)} identities)",

@@ -7,7 +7,7 @@ import dataclasses
 
 from keras_prune_guard.benchmark.architectures import BADNET_ARCHITECTURES
 from keras_prune_guard.benchmark.attacks import ATTACKS
-from keras_prune_guard.config import DetectConfig, FineTuneConfig, PruneConfig
+from keras_prune_guard.config import DefenseConfig, DetectConfig, FineTuneConfig, PruneConfig
 from keras_prune_guard.deploy.export import FORMATS
 
 EPILOG = """examples:
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: deepid)")
     _add_fine_tune_args(demo, data=False)
     add_config_args(demo, DetectConfig)
+    add_config_args(demo, DefenseConfig, prefix="defense_")
 
     bench = sub.add_parser(
         "benchmark", help="every attack x {pruning, fine-pruning} on the built-in benchmark, "
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(bench, PruneConfig)
     _add_fine_tune_args(bench, data=False)
     add_config_args(bench, DetectConfig)
+    add_config_args(bench, DefenseConfig, prefix="defense_")
 
     rep = sub.add_parser(
         "repair", help="prune B on clean validation data, write B', GoodNets and the report",
@@ -255,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_formats(rep)
     _add_fine_tune_args(rep, data=True)
     add_config_args(rep, DetectConfig)
+    add_config_args(rep, DefenseConfig, prefix="defense_")
 
     ev = sub.add_parser(
         "eval", help="score a model as the lab's eval.py does, or classify images",

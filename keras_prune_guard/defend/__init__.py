@@ -1,1 +1,1 @@
-"""Defenses that turn B' into B'': fine-tuning (train, schedules, choice)."""
+"""Defenses: which channels to prune (RNP, ANP masks) and how B' becomes B''."""

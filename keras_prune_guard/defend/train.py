@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_prune_guard.config import FineTuneConfig
 from keras_prune_guard.data.checks import check_images, check_labels, num_classes_or_none
+from keras_prune_guard.defend.gates import KeepZeroed
 from keras_prune_guard.defend.schedules import build_schedule
 from keras_prune_guard.model.surgery import find_channel_mask, pruned_copy
 
@@ -53,6 +54,9 @@ def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedul
                validation: Data | None = None, callbacks=(), verbose: int = 0) -> keras.Model:
     """Trains a seeded copy of B' (mask frozen) with Adam on `schedule`; returns the copy.
 
+    Channels whose weights are zero at the start (pruned by RNP or ANP, `gates.zero_units`)
+    are zeroed again after every batch, so they stay pruned as the mask's channels do.
+
     Args:
         b_prime: the pruned network B'.
         data: checked clean `(x, y)` arrays.
@@ -77,7 +81,8 @@ def train_copy(b_prime: keras.Model, data: Data, config: FineTuneConfig, schedul
     )
     b_second.fit(_batches((x, y), config), epochs=config.epochs, validation_data=validation,
                  shuffle=False,  # the pipeline shuffles, seeded
-                 callbacks=list(callbacks), verbose=verbose)
+                 callbacks=[KeepZeroed(), *callbacks],  # channels a defense zeroed stay 0
+                 verbose=verbose)
     return b_second
 
 

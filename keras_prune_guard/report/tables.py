@@ -224,7 +224,13 @@ def settings(result: RepairResult) -> str:
     if result.layer:
         channels = f" ({result.channels} channels)" if result.channels else ""
         parts.append(f"channels of {result.layer}{channels} pruned")
-    parts.append(f"{config.order} order of mean activation on clean validation data")
+    defense = result.defense
+    if defense is not None and defense.learns_masks:
+        took = "" if result.defense_seconds is None else f", {result.defense_seconds:.0f} s"
+        parts.append(f"{config.order} order of the {defense.method.upper()} mask learnt per "
+                     f"channel on clean data ({took.lstrip(', ') or 'time not recorded'})")
+    else:
+        parts.append(f"{config.order} order of mean activation on clean validation data")
     if result.num_classes:
         parts.append(f"{result.num_classes} classes (GoodNet: one more for 'backdoored')")
     kind = "relative (% of baseline)" if config.relative else "absolute (points)"
