@@ -45,6 +45,7 @@ def anp_masks(model: keras.Model, data: Data, config: DefenseConfig, log=print
 
     >>> import numpy as np
     >>> from keras_prune_guard import deepid
+    >>> from keras_prune_guard.config import DefenseConfig
     >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
     >>> masks = anp_masks(deepid(num_classes=3), (x.astype("float32"), y),
     ...                   DefenseConfig(method="anp", anp_steps=2), log=None)

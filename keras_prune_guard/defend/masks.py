@@ -33,6 +33,7 @@ def learn_masks(model: keras.Model, data, config: DefenseConfig, log=print) -> n
 
     >>> import numpy as np
     >>> from keras_prune_guard import deepid
+    >>> from keras_prune_guard.config import DefenseConfig
     >>> x, y = np.zeros((4, 55, 47, 3), "float32"), np.arange(4) % 2
     >>> learn_masks(deepid(num_classes=2), (x, y), DefenseConfig(method="anp", anp_steps=1),
     ...             log=None).shape

@@ -133,6 +133,7 @@ def rnp_masks(model: keras.Model, data: Data, config: DefenseConfig, log=print
 
     >>> import numpy as np
     >>> from keras_prune_guard import deepid
+    >>> from keras_prune_guard.config import DefenseConfig
     >>> x, y = np.random.default_rng(0).uniform(0, 255, (8, 55, 47, 3)), np.arange(8) % 3
     >>> masks = rnp_masks(deepid(num_classes=3), (x.astype("float32"), y),
     ...                   DefenseConfig(method="rnp", unlearn_epochs=1, mask_epochs=1), log=None)
