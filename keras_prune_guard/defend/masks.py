@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_prune_guard.config import DefenseConfig, PruneConfig, RunOptions
 from keras_prune_guard.defend.anp import anp_masks
-from keras_prune_guard.defend.gates import GatedNetwork, find_gates, zero_units
+from keras_prune_guard.defend.gates import GatedNetwork, zero_units
 from keras_prune_guard.defend.rnp import rnp_masks
 from keras_prune_guard.model.surgery import insert_channel_mask, pruned_copy
 from keras_prune_guard.pruning.prune import PruningResult
@@ -105,7 +105,7 @@ def mask_prune(model: keras.Model, valid, config: PruneConfig, defense: DefenseC
     steps = Steps(clean, bad, np.asarray(valid[1]), masks, config, run, None,
                   {"mask_seconds": round(seconds, 2)})
     result = steps.run(masked, record_predictions=False)
-    result.layer = "+".join(g.layer for g in find_gates(model))
+    result.layer = "+".join(g.layer for g in gated.gates)
     snapshots = {}
     for t, snap in result.snapshots.items():
         snapshots[t] = pruned_copy(masked, [], name=f"{model.name}_{defense.method}_{t:g}")
